@@ -16,6 +16,8 @@ from keras_dropout.convert import convert
 from keras_dropout.mc import MCPrediction
 from keras_dropout.mc import predict_mc
 from keras_dropout.sampling import sampling
+from keras_dropout.sites import StochasticSite
+from keras_dropout.sites import stochastic_sites
 
 __version__ = "0.1.0"
 
@@ -31,6 +33,7 @@ def __getattr__(name):
 
 __all__ = [
     "MCPrediction",
+    "StochasticSite",
     "convert",
     "layers",
     "masks",
@@ -38,5 +41,6 @@ __all__ = [
     "predict_mc",
     "sampling",
     "serving",
+    "stochastic_sites",
     "uncertainty",
 ]

@@ -5,7 +5,6 @@ import json
 import os
 import sys
 
-import numpy as np
 
 
 def _export(args):
@@ -46,28 +45,6 @@ def _serve(args):
     return serve_forever(args)
 
 
-def _with_signature_dtypes(client, inputs, signature_name, version):
-    """JSON numbers carry no dtype: REST lets the server cast them, gRPC needs the signature's."""
-    import tensorflow as tf
-    from tensorflow.core.framework import types_pb2
-
-    signatures = client.metadata(version=version)["metadata"]["signature_def"]["signature_def"]
-    signature = signatures.get(signature_name or "serving_default")
-    if signature is None:
-        return inputs  # the server answers FAILED_PRECONDITION, naming the signatures it has
-    cast = dict(inputs)
-    for name, info in signature["inputs"].items():
-        dtype = tf.dtypes.as_dtype(types_pb2.DataType.Value(info["dtype"]))
-        if name not in cast or not (dtype.is_floating or dtype.is_integer or dtype.is_bool):
-            continue
-        value = np.asarray(cast[name])
-        converted = value.astype(dtype.as_numpy_dtype)
-        # Never 1.5 -> 1 for an integer input: the server rejects the float instead.
-        if not dtype.is_integer or np.array_equal(converted, value):
-            cast[name] = converted
-    return cast
-
-
 def _predict(args):
     from keras_dropout.serving.client import Client
     from keras_dropout.serving.client import ServingError
@@ -76,16 +53,11 @@ def _predict(args):
     if not isinstance(inputs, dict):
         print("--inputs must be a JSON object: {\"input name\": value, ...}", file=sys.stderr)
         return 2
-    if "num_samples" in inputs:
-        inputs["num_samples"] = np.int32(inputs["num_samples"])
-    if "seed" in inputs:
-        inputs["seed"] = np.int64(inputs["seed"])
     client = Client(rest_url=args.rest_url, grpc_target=args.grpc_target, model_name=args.model_name)
     try:
-        if client.transport == "grpc":
-            inputs = _with_signature_dtypes(client, inputs, args.signature_name, args.version)
+        # Over gRPC the client casts JSON numbers to the signature's dtypes.
         outputs = client.predict(inputs, signature_name=args.signature_name, version=args.version)
-    except ServingError as error:
+    except (ServingError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     finally:

@@ -89,9 +89,10 @@ def _warn_about_internal_dropout(model):
             names.append(f"'{layer.name}' ({type(layer).__name__}: {described})")
     if names:
         warnings.warn(
-            "keras_dropout.convert cannot make these layers sample at "
-            "inference; their internal dropout stays off outside training, so "
-            "Monte Carlo variance will not include it: " + "; ".join(names),
+            "keras_dropout.convert cannot swap the dropout these layers apply "
+            "internally: it samples under kd.predict_mc, the MC serving signatures "
+            "and in eager calls inside kd.sampling(), but not in functions "
+            "compiled under kd.sampling() (model.predict): " + "; ".join(names),
             stacklevel=3,
         )
 
@@ -109,7 +110,8 @@ def convert(model):
 
     Layers whose dropout lives inside them (LSTM/GRU `dropout` and
     `recurrent_dropout`, `MultiHeadAttention(dropout=...)`) cannot be swapped
-    and are named in a warning.
+    and are named in a warning. `kd.predict_mc` and the MC signatures need no
+    conversion: they sample every site of the original model in place.
 
     Args:
         model: a Sequential or functional `keras.Model`.

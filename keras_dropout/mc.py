@@ -2,6 +2,7 @@
 
 import math
 import numbers
+import warnings
 import weakref
 
 import keras
@@ -9,18 +10,20 @@ import numpy as np
 from keras import ops
 from keras import tree
 
+from keras_dropout import _keras_internals as internals
 from keras_dropout import masks
 from keras_dropout import uncertainty
-from keras_dropout.convert import convert
-from keras_dropout.convert import has_stock_dropout
+from keras_dropout.sites import stochastic_sites
 from keras_dropout.vectorize import sample_outputs
-from keras_dropout.vectorize import stochastic_layers
 
 DEFAULT_CHUNK_SIZE = 8192
 MAX_NUM_SAMPLES = 1_000_000
 
-_converted_models = weakref.WeakKeyDictionary()
+SEED_RANGE = (-(2**63), 2**63)  # what the mc_sample signature's int64 seed holds
+
 _compiled_functions = weakref.WeakKeyDictionary()
+_xla_refused = weakref.WeakKeyDictionary()  # model -> why XLA cannot compile it
+_warned_models = weakref.WeakSet()
 
 
 class MCPrediction:
@@ -108,13 +111,16 @@ def predict_mc(
     jit_compile="auto",
     verbose="auto",
     chunk_size=DEFAULT_CHUNK_SIZE,
+    row_ids=None,
 ):
     """Monte Carlo dropout predictions: mean, variance, entropies, intervals.
 
     Runs `num_samples` stochastic forward passes per row with every
-    keras-dropout layer sampling and every other layer (BatchNormalization
-    included) in inference mode, writing no variable. A stock Keras model is
-    converted once with `kd.convert` (cached; weights shared).
+    stochastic site of the model sampling (keras-dropout layers, Keras'
+    dropout layers wherever they sit, attention and RNN dropout: see
+    `kd.stochastic_sites`) and every other layer (BatchNormalization
+    included) in inference mode, writing no variable. The model itself is
+    used as it is: nothing is converted, copied or altered.
 
     The S samples of a chunk of rows run in one compiled call on an S-fold
     tiled batch; layers upstream of the first stochastic layer run once per
@@ -128,13 +134,14 @@ def predict_mc(
     `return_samples=True`).
 
     Args:
-        model: a Keras model with keras-dropout layers or stock dropout layers.
+        model: any Keras model (Sequential, functional, subclassed, keras_hub,
+            keras.applications) with at least one site that samples.
         x: inputs: an array, a list or dict of arrays (multi-input models), or
             a `tf.data.Dataset` yielding inputs or `(inputs, targets)`.
         num_samples: int >= 1, Monte Carlo samples S per row.
         batch_size: optional upper bound on rows per compiled call.
-        seed: optional int; the same seed gives identical results (for the
-            same `chunk_size` and `batch_size`).
+        seed: optional Python or NumPy int in [-2**63, 2**63); the same seed
+            gives identical results, whatever `batch_size` and `chunk_size`.
         task: "auto" (softmax/sigmoid output => classification; one sigmoid
             unit = binary, several = multi-label), "regression" or
             "classification".
@@ -143,10 +150,17 @@ def predict_mc(
         return_samples: keep the `(B, S, ...)` samples.
         interval_levels: levels of the central intervals to compute.
         tau: observation precision; adds `1 / tau` to `variance` (regression).
-        jit_compile: True, False or "auto" (XLA on JAX and TensorFlow).
-            Pass False for a model holding ops XLA cannot compile.
+        jit_compile: True, False or "auto": XLA on JAX and TensorFlow,
+            except for models XLA cannot compile (string inputs or lookup
+            tables), which use TF's graph executor; a model XLA fails on is
+            run as a graph from then on. `verbose=1` prints the choice.
         verbose: 0, 1 or "auto" (a progress bar when there are 10+ calls).
         chunk_size: the memory knob above (default 8192).
+        row_ids: optional integer id per row (e.g. an example key), shape
+            `(rows,)`, values in [-2**63, 2**63). Masks depend only on (seed,
+            row id, sample), so a row gets the same samples in any batch,
+            chunk, process or machine. Default: the row's position in `x`
+            (counted across the batches of a Dataset).
 
     Returns:
         An `MCPrediction`, or a dict of them keyed by output name for
@@ -178,45 +192,50 @@ def predict_mc(
             f"float > 0. Received: tau={tau!r}"
         )
     levels = tuple(float(level) for level in interval_levels)
-    model = _samplable_model(model)
+    seed_words = _seed_words(np.random.randint(2**31) if seed is None else seed)
+    batches = list(_input_batches(model, x))
+    if not batches or max(_num_rows(b) for b in batches) == 0:
+        raise ValueError(
+            "Invalid value received for argument `x`. Expected at least one "
+            "row. Received: no rows."
+        )
+    row_words = _row_words(row_ids, sum(_num_rows(b) for b in batches))
+    _samplable_model(model, batches[0])
     tasks = _output_tasks(model, task, from_logits)
-    sample_fn = _compiled_sampler(model, _use_xla(jit_compile))
-    base_seed = int(seed) if seed is not None else np.random.randint(2**31)
+    use_xla = _use_xla(jit_compile, model)
 
     samples_per_call = min(num_samples, chunk_size)
     rows_per_call = max(1, chunk_size // samples_per_call)
     if batch_size is not None:
         rows_per_call = min(rows_per_call, batch_size)
-
-    accumulators = [_Accumulator(t, tau, levels, return_samples, from_logits) for t in tasks]
-    batches = list(_input_batches(model, x, rows_per_call))
-    largest_batch = max((_num_rows(b) for b in batches), default=0)
-    if largest_batch == 0:
-        raise ValueError(
-            "Invalid value received for argument `x`. Expected at least one "
-            "row. Received: no rows."
-        )
+    largest_batch = max(_num_rows(b) for b in batches)
     # Padding rows are run (and sampled) and thrown away, so split the rows
     # into equal calls instead of full ones plus a padded remainder (256 rows
-    # at 163 a call ran 326). Masks depend on the row index only, not on the
+    # at 163 a call ran 326). Masks depend on the row id only, not on the
     # padded size, so this changes no result.
     rows_per_call = math.ceil(largest_batch / math.ceil(largest_batch / rows_per_call))
     calls_per_chunk = math.ceil(num_samples / samples_per_call)
     total_calls = sum(math.ceil(_num_rows(b) / rows_per_call) for b in batches) * calls_per_chunk
     progress = _progress_bar(verbose, total_calls)
+    if progress is not None or verbose == 1:
+        reason = _xla_refused.get(model)
+        path = "XLA" if use_xla else "graph" + (f" (XLA cannot compile it: {reason})" if reason else "")
+        print(f"predict_mc: '{model.name}' runs as {path}")
 
+    accumulators = [_Accumulator(t, tau, levels, return_samples, from_logits) for t in tasks]
     row_offset = 0
     for batch in batches:
         for start in range(0, _num_rows(batch), rows_per_call):
             rows = tree.map_structure(lambda a: a[start : start + rows_per_call], batch)
             count = _num_rows(rows)
             padded = tree.map_structure(lambda a: _pad_rows(a, rows_per_call), rows)
+            ids = _pad_rows(row_words[row_offset + start : row_offset + start + count], rows_per_call)
             per_output = [[] for _ in tasks]
             for sample_start in range(0, num_samples, samples_per_call):
                 # Derived inside the compiled call: eager seed ops cost more
                 # than a small model's whole forward pass.
-                seed_words = np.array([base_seed, row_offset + start, sample_start], np.uint32)
-                outputs = sample_fn(padded, seed_words, samples_per_call)
+                words = np.append(seed_words, np.uint32(sample_start))
+                outputs = _run_sampler(model, use_xla, padded, words, ids, samples_per_call)
                 for collected, output in zip(per_output, tree.flatten(outputs)):
                     collected.append(ops.convert_to_numpy(output)[:count])
                 if progress is not None:
@@ -228,7 +247,7 @@ def predict_mc(
     predictions = [accumulator.result() for accumulator in accumulators]
     if len(predictions) == 1:
         return predictions[0]
-    return dict(zip(model.output_names, predictions))
+    return dict(zip(output_names(model), predictions))
 
 
 # Samples gathered before their statistics are computed. The statistics are a
@@ -270,26 +289,16 @@ class _Accumulator:
 
     def _add_block(self, samples):
         samples = samples.astype(np.float32 if samples.dtype.itemsize <= 4 else samples.dtype)
-        multilabel = self.task == "multilabel"
-        if self.task != "regression" and self.from_logits:
-            samples = ops.convert_to_numpy(
-                uncertainty.probabilities_from_logits(samples, multilabel=multilabel)
-            )
-        self._append("mean", uncertainty.predictive_mean(samples))
-        self._append("variance", uncertainty.predictive_variance(samples, tau=self.tau))
-        for level in self.levels:
-            lower, upper = uncertainty.quantile_interval(samples, level)
-            self._append(("lower", level), lower)
-            self._append(("upper", level), upper)
-        if self.task != "regression":
-            for name in (
-                "predictive_entropy",
-                "expected_entropy",
-                "mutual_information",
-                "variation_ratio",
-            ):
-                self._append(name, getattr(uncertainty, name)(samples, multilabel=multilabel))
+        stats = uncertainty.summarize(
+            samples, self.task, self.from_logits, tau=self.tau, interval_levels=self.levels
+        )
+        for name, value in stats.items():
+            self._append(name, value)
         if self.keep_samples:
+            if self.task != "regression" and self.from_logits:
+                samples = uncertainty.probabilities_from_logits(
+                    samples, multilabel=self.task == "multilabel"
+                )
             self._append("samples", samples)
 
     def result(self):
@@ -299,9 +308,7 @@ class _Accumulator:
             level: (joined[("lower", level)], joined[("upper", level)]) for level in self.levels
         }
         measures = {
-            name: joined[name]
-            for name in ("predictive_entropy", "expected_entropy", "mutual_information", "variation_ratio")
-            if name in joined
+            name: joined[name] for name in uncertainty.CLASSIFICATION_MEASURES if name in joined
         }
         return MCPrediction(
             self.task,
@@ -336,32 +343,96 @@ def _validate_positive_int(value, name):
     return int(value)
 
 
-def _samplable_model(model):
+def _validate_seed(seed, name="seed"):
+    low, high = SEED_RANGE
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not low <= seed < high:
+        raise ValueError(
+            f"Invalid value received for argument `{name}`. Expected a Python or "
+            f"NumPy integer in [-2**63, 2**63). Received: {name}={seed!r}"
+        )
+    return int(seed)
+
+
+def _seed_words(seed):
+    """`(low, high)` uint32 words of a seed's 64-bit two's complement."""
+    value = _validate_seed(seed) & 0xFFFFFFFFFFFFFFFF
+    return np.array([value & 0xFFFFFFFF, value >> 32], np.uint32)
+
+
+def _row_words(row_ids, num_rows):
+    """`(rows, 2)` uint32 (low, high) words of each row's id."""
+    if row_ids is None:
+        ids = np.arange(num_rows, dtype=np.int64)
+    else:
+        ids = np.asarray(row_ids)
+        if ids.shape != (num_rows,) or ids.dtype.kind not in "iu":
+            raise ValueError(
+                "Invalid value received for argument `row_ids`. Expected one "
+                f"integer per row, shape ({num_rows},). Received: dtype "
+                f"{ids.dtype}, shape {ids.shape}"
+            )
+        if ids.dtype.kind == "u" and ids.size and ids.max() >= 2**63:
+            raise ValueError(
+                "Invalid value received for argument `row_ids`. Expected "
+                "values in [-2**63, 2**63)."
+            )
+        ids = ids.astype(np.int64)
+    unsigned = ids.view(np.uint64) if ids.dtype == np.int64 else ids.astype(np.uint64)
+    words = np.stack([unsigned & 0xFFFFFFFF, unsigned >> np.uint64(32)], axis=1)
+    return words.astype(np.uint32)
+
+
+def _samplable_model(model, first_batch=None):
+    """Checks that `model` has something to sample; returns its sites."""
     if not isinstance(model, keras.Model):
         raise ValueError(
             "Invalid value received for argument `model`. Expected a "
             f"keras.Model. Received: model={model!r}"
         )
-    if has_stock_dropout(model):
-        if model not in _converted_models:
-            _converted_models[model] = convert(model)
-        model = _converted_models[model]
-    if not stochastic_layers(model):
+    if not model.built and first_batch is not None:
+        # A subclassed model creates its layers on the first call.
+        model(tree.map_structure(lambda a: a[:1], first_batch))
+    sites = stochastic_sites(model)
+    if not sites.sampled:
         raise ValueError(
-            f"Model '{model.name}' has no layer that samples (no dropout, "
-            "noise or keras-dropout layer with a rate > 0): every Monte Carlo "
-            "sample would be identical and the variance silently zero."
+            f"Model '{model.name}' has nothing that samples: every Monte Carlo "
+            "sample would be identical and the variance silently zero. Its "
+            f"stochastic sites (kd.stochastic_sites(model)):\n{sites}"
         )
-    return model
+    skipped = [site for site in sites if not site.sampled and site.rate > 0]
+    if skipped and model not in _warned_models:
+        _warned_models.add(model)
+        warnings.warn(
+            f"Model '{model.name}': these dropout/noise sites cannot be sampled, so "
+            "the Monte Carlo variance leaves them out: "
+            + "; ".join(f"{site.path} ({site.reason})" for site in skipped),
+            stacklevel=3,
+        )
+    return sites
+
+
+def output_names(model):
+    """The names of a model's outputs, in the order its outputs flatten.
+
+    Dict outputs keep the keys the model was built with; list outputs are
+    named after the layers that produce them.
+    """
+    structure = getattr(model, "_outputs_struct", None)
+    if isinstance(structure, dict):
+        return [path[0] for path, _ in tree.flatten_with_path(structure)]
+    outputs = getattr(model, "outputs", None) or []
+    names = getattr(model, "output_names", None)
+    if names and len(names) == len(outputs):
+        return list(names)
+    return [internals.producer(tensor)[0].name for tensor in outputs] or ["output"]
 
 
 def _output_activation(tensor):
-    layer = tensor._keras_history.operation
+    layer, index = internals.producer(tensor)
     nested_outputs = getattr(layer, "outputs", None) if isinstance(layer, keras.Model) else None
     if nested_outputs:
         # The output comes from a nested model (e.g. a classification head
         # Sequential): look at the layer that produced it inside.
-        index = tensor._keras_history.tensor_index
         return _output_activation(tree.flatten(nested_outputs)[index])
     if isinstance(layer, keras.layers.Softmax):
         return "softmax"
@@ -396,8 +467,32 @@ def _output_tasks(model, task, from_logits):
     return tasks
 
 
-def _use_xla(jit_compile):
+_UNCOMPILABLE_LAYERS = tuple(
+    getattr(keras.layers, name)
+    for name in ("StringLookup", "IntegerLookup", "TextVectorization", "Hashing")
+    if hasattr(keras.layers, name)
+)
+
+
+def _xla_obstacle(model):
+    """Why XLA cannot compile `model` (string tensors, lookup tables), or None."""
+    for tensor in tree.flatten(getattr(model, "inputs", None) or []):
+        if keras.backend.standardize_dtype(tensor.dtype) == "string":
+            return f"string input '{tensor.name}'"
+    for layer in internals.flatten_layers(model):
+        if isinstance(layer, _UNCOMPILABLE_LAYERS):
+            return f"{type(layer).__name__} layer '{layer.name}'"
+    return None
+
+
+def _use_xla(jit_compile, model):
     if jit_compile == "auto":
+        if model in _xla_refused:
+            return False
+        obstacle = _xla_obstacle(model) if keras.backend.backend() == "tensorflow" else None
+        if obstacle is not None:
+            _xla_refused[model] = obstacle
+            return False
         # XLA on TensorFlow too: it fuses the per-row mask hash into its
         # consumer, which TF's graph executor runs as a dozen full-size
         # integer ops. benchmarks/bench_mc.py (TF 2.21, 2 CPU cores): XLA
@@ -413,17 +508,47 @@ def _use_xla(jit_compile):
     return jit_compile
 
 
-def _sample_chunk(model, inputs, seed_words, num_samples):
-    """One chunk's samples; `seed_words` = (seed, first row, first sample).
+def sample_chunk(model, inputs, seed_words, row_words, num_samples):
+    """One chunk's `(rows, S, ...)` samples: the core `predict_mc` and the
+    serving signatures share.
 
-    Masks are keyed by the global (row, sample) indices, so a seed gives the
-    same result whatever `batch_size` and `chunk_size` cut the work into.
+    Args:
+        seed_words: uint32 `(3,)`: the seed's low and high words, then the
+            index of the chunk's first sample.
+        row_words: uint32 `(rows, 2)`: the rows' ids (low, high words).
+
+    Masks are keyed by (seed, row id, global sample index), so a seed gives
+    the same result whatever `batch_size` and `chunk_size` cut the work into.
     """
-    rows = ops.shape(tree.flatten(inputs)[0])[0]
-    row_ids = ops.add(ops.cast(seed_words[1], "int32"), ops.arange(rows, dtype="int32"))
+    seed_words = ops.cast(seed_words, "uint32")
     sample_ids = ops.add(ops.cast(seed_words[2], "int32"), ops.arange(num_samples, dtype="int32"))
-    seed = masks.make_seed(seed_words[0])
-    return sample_outputs(model, inputs, seed, num_samples, row_ids=row_ids, sample_ids=sample_ids)
+    seed = masks.make_seed(seed_words[0], seed_words[1])
+    return sample_outputs(
+        model, inputs, seed, num_samples, row_ids=ops.cast(row_words, "uint32"), sample_ids=sample_ids
+    )
+
+
+def _run_sampler(model, use_xla, inputs, seed_words, row_words, num_samples):
+    """Calls the compiled sampler; falls back to the graph once if XLA fails."""
+    sample_fn = _compiled_sampler(model, use_xla)
+    if not use_xla or model in _xla_refused or keras.backend.backend() != "tensorflow":
+        return sample_fn(inputs, seed_words, row_words, num_samples)
+    import tensorflow as tf
+
+    try:
+        return sample_fn(inputs, seed_words, row_words, num_samples)
+    except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError, tf.errors.InternalError) as error:
+        # XLA cannot compile some op (the message names it). Retrying XLA on
+        # such a model can abort the process inside TF, so it is never
+        # retried: this model runs as a graph from now on.
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        _xla_refused[model] = first_line[:200]
+        warnings.warn(
+            f"predict_mc: XLA cannot compile model '{model.name}' ({first_line[:200]}); "
+            "running it as a TensorFlow graph from now on (pass jit_compile=False to skip the attempt).",
+            stacklevel=3,
+        )
+        return _compiled_sampler(model, False)(inputs, seed_words, row_words, num_samples)
 
 
 def _compiled_sampler(model, xla):
@@ -436,34 +561,34 @@ def _compiled_sampler(model, xla):
 
         functions = {}
 
-        def sample_fn(inputs, seed, num_samples):
+        def sample_fn(inputs, seed_words, row_words, num_samples):
             if num_samples not in functions:
                 functions[num_samples] = tf.function(
-                    lambda i, s: _sample_chunk(model, i, s, num_samples),
+                    lambda i, s, r: sample_chunk(model, i, s, r, num_samples),
                     jit_compile=xla,
                     reduce_retracing=True,
                     autograph=False,
                 )
-            return functions[num_samples](inputs, seed)
+            return functions[num_samples](inputs, seed_words, row_words)
 
     elif backend == "jax":
         import jax
 
         variables = model.variables
 
-        def stateless(values, inputs, seed, num_samples):
+        def stateless(values, inputs, seed_words, row_words, num_samples):
             with keras.StatelessScope(state_mapping=list(zip(variables, values))):
-                return _sample_chunk(model, inputs, seed, num_samples)
+                return sample_chunk(model, inputs, seed_words, row_words, num_samples)
 
-        compiled = jax.jit(stateless, static_argnums=3) if xla else stateless
+        compiled = jax.jit(stateless, static_argnums=4) if xla else stateless
 
-        def sample_fn(inputs, seed, num_samples):
+        def sample_fn(inputs, seed_words, row_words, num_samples):
             values = [v.value for v in variables]
-            return compiled(values, inputs, seed, num_samples)
+            return compiled(values, inputs, seed_words, row_words, num_samples)
 
     else:
-        def sample_fn(inputs, seed, num_samples):
-            return _sample_chunk(model, inputs, seed, num_samples)
+        def sample_fn(inputs, seed_words, row_words, num_samples):
+            return sample_chunk(model, inputs, seed_words, row_words, num_samples)
 
     cache[xla] = sample_fn
     return sample_fn
@@ -481,7 +606,7 @@ def _pad_rows(array, rows):
     return np.concatenate([array, np.repeat(array[-1:], missing, axis=0)], axis=0)
 
 
-def _input_batches(model, x, rows_per_call):
+def _input_batches(model, x):
     """Yields NumPy input structures (validated) from arrays or a Dataset."""
     if _is_dataset(x):
         for element in x.as_numpy_iterator():
@@ -518,7 +643,11 @@ def _check_inputs(model, x):
             f"{[array.shape for array in flat]}"
         )
     if inputs is not None:
-        expected = {tensor.name: tensor for tensor in inputs}
+        structure = getattr(model, "_inputs_struct", None)
+        if isinstance(structure, dict) and isinstance(arrays, dict):
+            expected = dict(structure)  # dict-input models are called by their keys
+        else:
+            expected = {tensor.name: tensor for tensor in inputs}
         pairs = (
             [(expected.get(name), name, array) for name, array in arrays.items()]
             if isinstance(arrays, dict)

@@ -34,6 +34,8 @@ from keras_dropout import masks
 _live_layers = weakref.WeakSet()
 _lock = threading.Lock()
 _switch = {"enabled": False, "seed": None}
+# Called with no argument when a `sampling()` context is entered.
+on_enable = []
 _scopes = threading.local()
 
 
@@ -119,6 +121,8 @@ def sampling(enabled=True, seed=None):
     """
     previous = (_switch["enabled"], _switch["seed"])
     if enabled:
+        for callback in on_enable:
+            callback()
         _set_switch(True, seed if seed is not None else random.getrandbits(31))
     else:
         _set_enabled(False)
@@ -152,7 +156,9 @@ class _SeedScope:
             return seed
         from keras import ops
 
-        per_row = masks.fold_in(seed, self.row_ids)  # (rows, 2)
+        # Row ids come as (low, high) uint32 words: 64-bit ids (example keys)
+        # without int64 tensors, which JAX only has with x64 enabled.
+        per_row = masks.fold_in(masks.fold_in(seed, self.row_ids[:, 0]), self.row_ids[:, 1])
         per_pair = masks.fold_in(ops.expand_dims(per_row, 1), ops.expand_dims(self.sample_ids, 0))
         return ops.reshape(per_pair, (-1, 2))  # row-major, as the batch is tiled
 
@@ -207,8 +213,9 @@ def seed_scope(seed, num_samples=None, row_ids=None, sample_ids=None):
         num_samples: when the batch holds S Monte Carlo samples of each row
             (row-major, as `predict_mc` tiles it), S; layers whose noise is
             shared across rows (DropConnect) then draw one mask per sample.
-        row_ids, sample_ids: with `num_samples`, the global indices `(rows,)`
-            of the batch's rows and `(S,)` of its samples. Masks are then
+        row_ids, sample_ids: with `num_samples`, the ids of the batch's rows,
+            `(rows, 2)` uint32 (low and high words of 64-bit ids), and the
+            global indices `(S,)` of its samples. Masks are then
             keyed by (row, sample) instead of the position in the batch, so
             results do not depend on how rows and samples are chunked.
     """

@@ -271,6 +271,63 @@ def quantile_interval(samples, level=0.95):
     return lower, upper
 
 
+CLASSIFICATION_MEASURES = (
+    "predictive_entropy",
+    "expected_entropy",
+    "mutual_information",
+    "variation_ratio",
+)
+
+
+def summarize(samples, task, from_logits=False, tau=None, interval_levels=()):
+    """Every statistic of one output's MC samples, as `predict_mc` reports them.
+
+    The one place the statistics are assembled: `kd.predict_mc` (block by
+    block) and the `mc` / `mc_sample` serving signatures both call it, so the
+    same samples give the same numbers locally and served.
+
+    Args:
+        samples: `(batch, samples, ...)` tensor of model outputs.
+        task: "regression", "classification" or "multilabel".
+        from_logits: the samples are logits (classification only); they are
+            turned into probabilities per sample before any statistic.
+        tau: observation precision; adds `1 / tau` to the variance
+            (regression only).
+        interval_levels: levels of the central intervals to include.
+
+    Returns:
+        A dict of batch-major tensors: `mean`, `variance`, `stddev`,
+        `("lower", level)` / `("upper", level)` per interval level and, for
+        classifiers, the `CLASSIFICATION_MEASURES`.
+
+    Example:
+
+    ```python
+    stats = kd.uncertainty.summarize(np.random.rand(4, 10, 1), "regression")
+    stats["mean"].shape   # (4, 1)
+    ```
+    """
+    if task not in ("regression", "classification", "multilabel"):
+        raise ValueError(
+            "Invalid value received for argument `task`. Expected "
+            f"'regression', 'classification' or 'multilabel'. Received: task={task!r}"
+        )
+    samples = _to_float_tensor(samples, "samples", min_rank=2)
+    multilabel = task == "multilabel"
+    if task != "regression" and from_logits:
+        samples = probabilities_from_logits(samples, multilabel=multilabel)
+    variance = predictive_variance(samples, tau=tau if task == "regression" else None)
+    stats = {"mean": predictive_mean(samples), "variance": variance, "stddev": ops.sqrt(variance)}
+    for level in interval_levels:
+        stats[("lower", float(level))], stats[("upper", float(level))] = quantile_interval(
+            samples, level
+        )
+    if task != "regression":
+        for name in CLASSIFICATION_MEASURES:
+            stats[name] = globals()[name](samples, multilabel=multilabel)
+    return stats
+
+
 def _sorted_quantile(ordered, q):
     num_samples = ordered.shape[1]
     if num_samples is not None:

@@ -10,40 +10,18 @@ reaches a keras-dropout layer or meets an already tiled tensor. Everything
 upstream of the first stochastic layer therefore runs once on the B rows,
 not on B x S. Subclassed models have no graph to walk and are tiled whole.
 
-This walk uses Keras' functional graph internals (`Functional`'s
-`_run_through_graph`, `Sequential._functional`); it is the only module
-that does.
+A layer is stochastic when any site inside it samples
+(`keras_dropout.sites`): keras-dropout layers, Keras' dropout layers
+wherever they sit, attention and RNN dropout. The walk uses Keras'
+functional graph internals, through `keras_dropout._keras_internals`.
 """
 
-import keras
 from keras import ops
 from keras import tree
 
-from keras_dropout.layers.sampling_layer import SamplingLayer
+from keras_dropout import _keras_internals as internals
 from keras_dropout.sampling import seed_scope
-
-
-def stochastic_layers(model):
-    """The keras-dropout layers of `model` that add noise, nested ones included."""
-    candidates = [model] + list(model._flatten_layers(include_self=False))
-    return [
-        layer
-        for layer in candidates
-        if isinstance(layer, SamplingLayer) and layer.is_noisy
-    ]
-
-
-def _is_stochastic(layer):
-    return bool(stochastic_layers(layer))
-
-
-def _graph_of(layer):
-    """The Functional graph behind a container layer, or None."""
-    if isinstance(layer, keras.Sequential):
-        return layer._functional
-    if isinstance(layer, keras.src.models.Functional):
-        return layer
-    return None
+from keras_dropout.sites import has_sampled_site
 
 
 def _tile(tensor, num_samples):
@@ -57,6 +35,12 @@ class _LazyTiler:
         self.num_samples = num_samples
         # id -> tensor; the tensor is kept alive so its id stays unique.
         self.tiled = {}
+        self.stochastic = {}
+
+    def is_stochastic(self, layer):
+        if id(layer) not in self.stochastic:
+            self.stochastic[id(layer)] = has_sampled_site(layer)
+        return self.stochastic[id(layer)]
 
     def is_tiled(self, tensor):
         return id(tensor) in self.tiled
@@ -75,17 +59,14 @@ class _LazyTiler:
         return tree.map_structure(tile_one, structure)
 
     def run_graph(self, graph, inputs):
-        inputs = graph._standardize_inputs(inputs)
-        return graph._run_through_graph(inputs, operation_fn=self.wrap)
+        return internals.run_graph(graph, inputs, self.wrap)
 
     def wrap(self, operation):
         def run(*args, **kwargs):
             tensors = [t for t in tree.flatten((args, kwargs)) if _is_tensor(t)]
             any_tiled = any(self.is_tiled(t) for t in tensors)
-            stochastic = isinstance(operation, keras.layers.Layer) and _is_stochastic(
-                operation
-            )
-            graph = _graph_of(operation) if stochastic else None
+            stochastic = hasattr(operation, "_layers") and self.is_stochastic(operation)
+            graph = internals.functional_graph(operation) if stochastic else None
             if graph is not None:
                 # Walk into the nested model: its own prefix runs untiled too.
                 return self.run_graph(graph, args[0] if len(args) == 1 else args)
@@ -118,9 +99,10 @@ def sample_outputs(model, inputs, seed, num_samples, row_ids=None, sample_ids=No
     """
     tiler = _LazyTiler(num_samples)
     with seed_scope(seed, num_samples=num_samples, row_ids=row_ids, sample_ids=sample_ids):
-        graph = _graph_of(model)
+        graph = internals.functional_graph(model)
         if graph is None:
-            outputs = model(tiler.tile_all(inputs))
+            # A subclassed model: no graph to walk, so every row is tiled.
+            outputs = tiler.mark(model(tiler.tile_all(inputs)))
         else:
             outputs = tiler.run_graph(graph, inputs)
         outputs = tiler.tile_all(outputs)  # an output no noise reaches

@@ -296,3 +296,83 @@ def test_raw_http_columnar_format_mc_answers_outputs_by_name(server, clients):
     raw = checks.as_float32(_post(server, body)["outputs"])
     via_client = checks.as_float32(clients["grpc"].predict(checks.sample_inputs(X, 32, 4), "mc_sample"))
     checks.assert_same_outputs(raw, via_client)
+
+
+# ----------------------------------------------------------------------------- input dtypes
+
+
+def _recording(client, monkeypatch):
+    """Records the gRPC methods `client` calls."""
+    calls = []
+    call = client._grpc_call
+
+    def recorded(service, method, request):
+        calls.append(method)
+        return call(service, method, request)
+
+    monkeypatch.setattr(client, "_grpc_call", recorded)
+    return calls
+
+
+@pytest.mark.parametrize("model_name", ["classifier", "regressor"])
+def test_grpc_casts_python_ints_and_float64_to_the_signature_dtypes_as_rest_does(clients, model_name):
+    # float64 values float32 cannot hold exactly: both transports round them the same way.
+    x64 = np.random.default_rng(3).normal(size=X.shape)
+    inputs = {"x": x64, "num_samples": 32, "seed": 9}
+    answers = {
+        transport: checks.as_float32(client.predict(inputs, "mc_sample", model_name=model_name))
+        for transport, client in clients.items()
+    }
+    checks.assert_same_outputs(answers["grpc"], answers["rest"])
+    typed = clients["grpc"].predict(
+        checks.sample_inputs(x64.astype("float32"), 32, 9), "mc_sample", model_name=model_name
+    )
+    checks.assert_same_outputs(answers["grpc"], checks.as_float32(typed))
+    deterministic = clients["grpc"].predict({"x": x64.tolist()}, "serving_default", model_name=model_name)
+    (name,) = deterministic
+    assert deterministic[name].dtype == np.float32
+
+
+def test_grpc_reads_the_signature_dtypes_once_per_model_version_and_signature(server, monkeypatch):
+    with _client(server, "grpc") as client:
+        calls = _recording(client, monkeypatch)
+        for seed in (1, 2, 3):
+            client.predict({"x": X, "num_samples": 4, "seed": seed}, "mc_sample")
+        client.predict({"x": X}, "serving_default")
+        client.predict({"x": X}, "serving_default", version=1)
+    assert calls.count("GetModelMetadata") == 3, calls
+    assert calls.count("Predict") == 5, calls
+
+
+@pytest.mark.parametrize(
+    "inputs, name, dtype, received",
+    [
+        pytest.param({"seed": 0.5}, "seed", "int64", r"0\.5 \(float\), which is not a whole number", id="fraction-for-int64"),
+        pytest.param({"num_samples": np.array(2.5)}, "num_samples", "int32", r"2\.5 .*not a whole number", id="fraction-for-int32"),
+        pytest.param({"num_samples": 2**31}, "num_samples", "int32", r"2147483648 \(int\), which is out of range", id="over-int32"),
+        pytest.param({"seed": 2**63}, "seed", "int64", r"9223372036854775808 .*out of range", id="over-int64"),
+        pytest.param({"seed": -(2**70)}, "seed", "int64", r"-1180591620717411303424 .*out of range", id="under-int64"),
+        pytest.param({"seed": "7"}, "seed", "int64", r"'7' \(str\), which is a string", id="string-for-int"),
+        pytest.param({"x": [["a"] * 4]}, "x", "float32", r"an array .* holding 'a', which is a string", id="string-for-float"),
+        pytest.param({"x": np.full((1, 4), 1e300)}, "x", "float32", r"an array .* holding 1e\+300, which is out of range", id="over-float32"),
+        pytest.param({"num_samples": True}, "num_samples", "int32", r"True \(bool\), which is a boolean", id="bool-for-int"),
+    ],
+)
+def test_grpc_refuses_a_cast_that_changes_a_value_before_sending_predict(
+    server, monkeypatch, inputs, name, dtype, received
+):
+    expected = rf"input '{name}' of signature 'mc_sample': the signature's dtype is {dtype}, but received {received}"
+    with _client(server, "grpc") as client:
+        calls = _recording(client, monkeypatch)
+        with pytest.raises(ValueError, match=expected):
+            client.predict({"x": X, "num_samples": 8, "seed": 1, **inputs}, "mc_sample")
+    assert "Predict" not in calls
+
+
+def test_grpc_leaves_unknown_input_names_to_the_server(clients, models):
+    inputs = {"x": X, "num_samples": 8, "seed": 1, "no_such_input": 0.5}
+    with pytest.raises(ServingError) as raised:
+        clients["grpc"].predict(inputs, "mc_sample")
+    assert raised.value.code == "INVALID_ARGUMENT"
+    assert "no_such_input" in raised.value.message
+    checks.assert_serving_default_equals_predict(clients["grpc"], "classifier", models["classifier"], X)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import keras
+from keras import ops
 
 import keras_dropout as kd
 
@@ -107,16 +108,29 @@ def test_deterministic_outputs_equal_the_original():
     )
 
 
-def test_converted_model_samples_inside_the_context_and_the_original_does_not():
+def test_converted_model_samples_in_compiled_predict_inside_the_context():
     original, x = _mixed_model(), _x()
     converted = kd.convert(original)
     deterministic = converted.predict(x, verbose=0)
     with kd.sampling(seed=0):
         first, second = (converted.predict(x, verbose=0) for _ in range(2))
-        stock = original.predict(x, verbose=0)
     assert _differ(first, deterministic)
     assert _differ(first, second)
-    np.testing.assert_allclose(stock, deterministic, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(converted.predict(x, verbose=0), deterministic, rtol=1e-6, atol=1e-6)
+
+
+def test_original_stock_model_refuses_compiled_sampling_with_a_clear_error():
+    # Keras' own Dropout cannot read the switch from compiled code: an error
+    # pointing to predict_mc, not a silently deterministic "sample".
+    original, x = _mixed_model(), _x()
+    with kd.sampling(seed=0):
+        with pytest.raises(RuntimeError, match="predict_mc"):
+            original.predict(x, verbose=0)
+        eager = [ops.convert_to_numpy(original(x)) for _ in range(2)]
+    assert _differ(eager[0], eager[1])
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(original(x)), ops.convert_to_numpy(original(x, training=False))
+    )
 
 
 def test_original_layers_configs_and_weights_are_untouched():

@@ -603,7 +603,7 @@ def test_bad_arguments_are_refused(tmp_path, kwargs, message):
 
 def test_a_model_without_stochastic_layers_is_refused(tmp_path):
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    with pytest.raises(ValueError, match="no layer that samples"):
+    with pytest.raises(ValueError, match="has nothing that samples"):
         export(model, tmp_path / "bad")
     assert not os.path.exists(tmp_path / "bad")
 

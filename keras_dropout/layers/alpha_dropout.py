@@ -13,6 +13,17 @@ _SELU_ALPHA = 1.6732632423543772848170429916717
 _SELU_SCALE = 1.0507009873554804934193349852946
 
 
+def alpha_dropout(inputs, rate, noise_shape, seed):
+    """Alpha dropout: dropped units set to SELU's negative saturation, then an
+    affine map that keeps the mean and variance of SELU activations."""
+    keep = masks.keep_mask(noise_shape, rate, seed, inputs.dtype)
+    alpha_p = -_SELU_ALPHA * _SELU_SCALE
+    a = ((1 - rate) * (1 + rate * alpha_p**2)) ** -0.5
+    b = -a * alpha_p * rate
+    dropped = inputs * keep + alpha_p * (1.0 - keep)
+    return a * dropped + b
+
+
 @keras.saving.register_keras_serializable(package="keras_dropout")
 class MCAlphaDropout(SamplingLayer):
     """Alpha dropout (Klambauer et al., 2017), also at inference on request.
@@ -57,13 +68,7 @@ class MCAlphaDropout(SamplingLayer):
         check_noise_shape_fits(self.noise_shape, input_shape)
 
     def sampled_call(self, inputs, seed):
-        shape = concrete_noise_shape(self.noise_shape, inputs)
-        keep = masks.keep_mask(shape, self.rate, seed, inputs.dtype)
-        alpha_p = -_SELU_ALPHA * _SELU_SCALE
-        a = ((1 - self.rate) * (1 + self.rate * alpha_p**2)) ** -0.5
-        b = -a * alpha_p * self.rate
-        dropped = inputs * keep + alpha_p * (1.0 - keep)
-        return a * dropped + b
+        return alpha_dropout(inputs, self.rate, concrete_noise_shape(self.noise_shape, inputs), seed)
 
     def get_config(self):
         base_config = super().get_config()

@@ -65,6 +65,16 @@ def concrete_noise_shape(noise_shape, inputs):
     )
 
 
+def inverted_dropout(inputs, rate, noise_shape, seed):
+    """`inputs * keep / (1 - rate)` with a Bernoulli keep mask of `noise_shape`.
+
+    The one dropout formula of the package: `MCDropout`, the spatial layers
+    and Keras' own dropout layers while they sample all call it.
+    """
+    keep = masks.keep_mask(noise_shape, rate, seed, inputs.dtype)
+    return inputs * (keep * (1.0 / (1.0 - rate)))
+
+
 @keras.saving.register_keras_serializable(package="keras_dropout")
 class MCDropout(SamplingLayer):
     """Applies dropout to the input, in training and, on request, at inference.
@@ -115,9 +125,7 @@ class MCDropout(SamplingLayer):
         check_noise_shape_fits(self.noise_shape, input_shape)
 
     def sampled_call(self, inputs, seed):
-        shape = concrete_noise_shape(self.noise_shape, inputs)
-        keep = masks.keep_mask(shape, self.rate, seed, inputs.dtype)
-        return inputs * (keep * (1.0 / (1.0 - self.rate)))
+        return inverted_dropout(inputs, self.rate, concrete_noise_shape(self.noise_shape, inputs), seed)
 
     def get_config(self):
         base_config = super().get_config()

@@ -9,6 +9,13 @@ from keras_dropout.layers.sampling_layer import SamplingLayer
 from keras_dropout.layers.sampling_layer import validate_rate
 
 
+def gaussian_dropout(inputs, rate, seed):
+    """`inputs` times multiplicative noise N(1, rate / (1 - rate))."""
+    stddev = math.sqrt(rate / (1.0 - rate))
+    noise = masks.normal(keras.ops.shape(inputs), seed, inputs.dtype)
+    return inputs * (1.0 + stddev * noise)
+
+
 @keras.saving.register_keras_serializable(package="keras_dropout")
 class MCGaussianDropout(SamplingLayer):
     """Multiplies the input by noise drawn from N(1, rate / (1 - rate)).
@@ -46,9 +53,7 @@ class MCGaussianDropout(SamplingLayer):
         return self.rate > 0
 
     def sampled_call(self, inputs, seed):
-        stddev = math.sqrt(self.rate / (1.0 - self.rate))
-        noise = masks.normal(keras.ops.shape(inputs), seed, inputs.dtype)
-        return inputs * (1.0 + stddev * noise)
+        return gaussian_dropout(inputs, self.rate, seed)
 
     def get_config(self):
         base_config = super().get_config()

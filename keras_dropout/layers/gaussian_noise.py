@@ -7,6 +7,11 @@ from keras_dropout.layers.sampling_layer import SamplingLayer
 from keras_dropout.layers.sampling_layer import validate_stddev
 
 
+def gaussian_noise(inputs, stddev, seed):
+    """`inputs` plus additive noise N(0, stddev**2)."""
+    return inputs + stddev * masks.normal(keras.ops.shape(inputs), seed, inputs.dtype)
+
+
 @keras.saving.register_keras_serializable(package="keras_dropout")
 class MCGaussianNoise(SamplingLayer):
     """Adds N(0, stddev^2) noise to the input.
@@ -44,8 +49,7 @@ class MCGaussianNoise(SamplingLayer):
         return self.stddev > 0
 
     def sampled_call(self, inputs, seed):
-        noise = masks.normal(keras.ops.shape(inputs), seed, inputs.dtype)
-        return inputs + self.stddev * noise
+        return gaussian_noise(inputs, self.stddev, seed)
 
     def get_config(self):
         base_config = super().get_config()

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_dropout import masks
+from keras_dropout.layers.dropout import inverted_dropout
 from keras_dropout.layers.sampling_layer import SamplingLayer
 from keras_dropout.layers.sampling_layer import validate_rate
 
@@ -47,8 +47,7 @@ class BaseMCSpatialDropout(SamplingLayer):
         return (shape[0],) + spatial_ones + (shape[-1],)
 
     def sampled_call(self, inputs, seed):
-        keep = masks.keep_mask(self._noise_shape(inputs), self.rate, seed, inputs.dtype)
-        return inputs * (keep * (1.0 / (1.0 - self.rate)))
+        return inverted_dropout(inputs, self.rate, self._noise_shape(inputs), seed)
 
     def get_config(self):
         base_config = super().get_config()

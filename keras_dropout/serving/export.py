@@ -28,20 +28,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_dropout import masks
 from keras_dropout import uncertainty
 from keras_dropout.mc import _output_tasks
 from keras_dropout.mc import _samplable_model
+from keras_dropout.mc import output_names
+from keras_dropout.mc import sample_chunk
 from keras_dropout.sampling import deterministic_scope
 from keras_dropout.serving.warmup import write_warmup_requests
-from keras_dropout.vectorize import sample_outputs
 
-_CLASSIFICATION_MEASURES = (
-    "predictive_entropy",
-    "expected_entropy",
-    "mutual_information",
-    "variation_ratio",
-)
 SIGNATURE_NAMES = ("serving_default", "mc", "mc_sample")
 
 
@@ -55,45 +49,27 @@ def _input_specs(model):
 
 def _call_inputs(model, inputs):
     """The model's call structure (tensor, list or dict) from named inputs."""
+    structure = getattr(model, "_inputs_struct", None)
+    if isinstance(structure, dict):
+        # keras_hub tasks and backbones take a dict keyed like their inputs.
+        return {key: inputs[tensor.name] for key, tensor in structure.items()}
     names = [tensor.name for tensor in model.inputs]
     if len(names) == 1:
         return inputs[names[0]]
     return [inputs[name] for name in names]
 
 
-def _output_names(model):
-    """The output layers' names, as `Functional.output_names` has them.
-
-    `Sequential` has no `output_names` attribute in Keras 3.
-    """
-    return [tensor._keras_history.operation.name for tensor in model.outputs]
-
-
-def _statistics(samples, task, from_logits):
-    """Batch-major MC statistics of one output's `(B, S, ...)` samples."""
-    multilabel = task == "multilabel"
-    samples = tf.cast(samples, tf.float32)
-    if task != "regression" and from_logits:
-        samples = uncertainty.probabilities_from_logits(samples, multilabel=multilabel)
-    variance = uncertainty.predictive_variance(samples)
-    stats = {
-        "mean": uncertainty.predictive_mean(samples),
-        "variance": variance,
-        "stddev": tf.sqrt(variance),
-    }
-    if task != "regression":
-        for name in _CLASSIFICATION_MEASURES:
-            stats[name] = getattr(uncertainty, name)(samples, multilabel=multilabel)
-    return stats
-
-
 def _named_statistics(model, per_output_samples, tasks, from_logits):
-    names = _output_names(model)
+    """The `mc` outputs: `kd.uncertainty.summarize` of each output's samples."""
+    names = output_names(model)
     outputs = {}
     for name, samples, task in zip(names, per_output_samples, tasks):
         prefix = f"{name}_" if len(names) > 1 else ""
-        for key, value in _statistics(samples, task, from_logits).items():
-            outputs[prefix + key] = value
+        stats = uncertainty.summarize(samples, task, from_logits)
+        for key in ("mean", "variance", "stddev") + (
+            uncertainty.CLASSIFICATION_MEASURES if task != "regression" else ()
+        ):
+            outputs[prefix + key] = stats[key]
     return outputs
 
 
@@ -177,23 +153,34 @@ def export(
             "(a subclassed model, or a Sequential model without an Input). Build it with "
             "keras.Input so the signatures can name and shape their inputs."
         )
-    mc_model = _samplable_model(model)
-    tasks = _output_tasks(mc_model, task, from_logits)
-    specs = _input_specs(mc_model)
+    _samplable_model(model)
+    tasks = _output_tasks(model, task, from_logits)
+    specs = _input_specs(model)
 
     def deterministic(inputs):
         with deterministic_scope():
-            outputs = mc_model(_call_inputs(mc_model, inputs), training=False)
-        return dict(zip(_output_names(mc_model), keras.tree.flatten(outputs)))
+            outputs = model(_call_inputs(model, inputs), training=False)
+        return dict(zip(output_names(model), keras.tree.flatten(outputs)))
 
-    def draw(inputs, count, seed):
-        samples = sample_outputs(mc_model, _call_inputs(mc_model, inputs), seed, count)
+    def draw(inputs, count, seed_words):
+        # predict_mc's own core: rows are keyed by their position in the
+        # request, so mc_sample(seed=s) equals predict_mc(rows, seed=s).
+        call_inputs = _call_inputs(model, inputs)
+        rows = tf.shape(tf.nest.flatten(call_inputs)[0])[0]
+        row_words = tf.stack([tf.range(rows), tf.zeros([rows], tf.int32)], axis=1)
+        samples = sample_chunk(model, call_inputs, seed_words, row_words, count)
         return keras.tree.flatten(samples)
+
+    def seed_words_of(seed):
+        """(low, high, first sample) uint32 words of an int64 seed, as predict_mc's."""
+        low = tf.bitwise.bitwise_and(seed, tf.constant(0xFFFFFFFF, tf.int64))
+        high = tf.bitwise.bitwise_and(tf.bitwise.right_shift(seed, 32), tf.constant(0xFFFFFFFF, tf.int64))
+        return tf.stack([tf.cast(low, tf.uint32), tf.cast(high, tf.uint32), tf.constant(0, tf.uint32)])
 
     def mc(inputs):
         # A stateful random op, not a variable: fresh masks per request.
-        seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32)
-        return _named_statistics(mc_model, draw(inputs, num_samples, seed), tasks, from_logits)
+        seed = tf.random.uniform([], maxval=2**31 - 1, dtype=tf.int64)
+        return _named_statistics(model, draw(inputs, num_samples, seed_words_of(seed)), tasks, from_logits)
 
     def mc_sample(inputs, num_samples_, seed):
         checks = [
@@ -210,16 +197,16 @@ def export(
             count = tf.identity(num_samples_)
 
         def sampled():
-            return draw(inputs, count, masks.make_seed(seed))
+            return draw(inputs, count, seed_words_of(seed))
 
         def single_pass():
             return [tf.expand_dims(output, 1) for output in deterministic(inputs).values()]
 
         samples = tf.cond(count > 0, sampled, single_pass)
-        return _named_statistics(mc_model, samples, tasks, from_logits)
+        return _named_statistics(model, samples, tasks, from_logits)
 
     archive = keras.export.ExportArchive()
-    archive.track(mc_model)
+    archive.track(model)
     archive.add_endpoint("serving_default", deterministic, input_signature=[specs])
     archive.add_endpoint("mc", mc, input_signature=[specs])
     if not batching:

@@ -1,0 +1,162 @@
+"""Every private Keras API keras-dropout relies on, and nothing else.
+
+Keras 3 has no public way to walk a functional graph with a custom call per
+layer, to list a layer's tracked sublayers, or to intercept the dropout that
+Keras' own layers apply inside `call`. Those uses are gathered here, checked
+once at import against the Keras versions we test (`TESTED_KERAS`), so that a
+change upstream fails here with a message naming it, not deep inside a
+user's `predict_mc` call.
+
+What is used:
+- `Layer._layers` (tracked sublayers) and `Layer._flatten_layers`;
+- `Functional._standardize_inputs` / `Functional._run_through_graph` and
+  `Sequential._functional`: the lazy tiling walk of `keras_dropout.vectorize`;
+- `KerasTensor._keras_history` (which layer produced a model output);
+- `keras.src.backend.common.symbolic_scope.in_symbolic_scope` (Keras' shape
+  inference, during which `call` runs on symbolic tensors);
+- the methods through which Keras' layers apply dropout internally, which
+  `install_call_hooks` wraps: `call` of the dropout-family layers,
+  `RNN.call`, `DropoutRNNCell._create_dropout_mask` and
+  `Attention._apply_scores`.
+"""
+
+import functools
+
+import keras
+
+# The Keras versions the test suite runs on (pyproject declares the same range).
+TESTED_KERAS = ("3.8", "3.15")
+
+
+class KerasInternalsError(RuntimeError):
+    """A private Keras API keras-dropout relies on is missing or changed."""
+
+
+def _fail(what):
+    raise KerasInternalsError(
+        f"keras-dropout needs {what}, which Keras {keras.__version__} does not "
+        f"have. keras-dropout is tested with Keras {TESTED_KERAS[0]} to "
+        f"{TESTED_KERAS[1]}; install a Keras in that range "
+        f"(pip install 'keras>={TESTED_KERAS[0]},<{_next_minor(TESTED_KERAS[1])}')."
+    )
+
+
+def _next_minor(version):
+    major, minor = version.split(".")[:2]
+    return f"{major}.{int(minor) + 1}"
+
+
+def _resolve():
+    try:
+        from keras.src.backend.common.symbolic_scope import in_symbolic_scope
+        from keras.src.layers.rnn.conv_lstm import ConvLSTMCell
+        from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
+        from keras.src.layers.rnn.rnn import RNN
+        from keras.src.models.functional import Functional
+    except ImportError as error:
+        _fail(f"the module of {error.name or error}")
+    for owner, attribute in (
+        (Functional, "_run_through_graph"),
+        (Functional, "_standardize_inputs"),
+        (keras.layers.Layer, "_flatten_layers"),
+        (DropoutRNNCell, "_create_dropout_mask"),
+        (RNN, "call"),
+        (keras.layers.Attention, "_apply_scores"),
+    ):
+        if not hasattr(owner, attribute):
+            _fail(f"{owner.__name__}.{attribute}")
+    return in_symbolic_scope, Functional, RNN, DropoutRNNCell, ConvLSTMCell
+
+
+(
+    in_symbolic_scope,
+    Functional,
+    RNN,
+    DropoutRNNCell,
+    ConvLSTMCell,
+) = _resolve()
+
+
+def sublayers(layer):
+    """The layers `layer` tracks directly (attributes, lists, wrapped layers)."""
+    return list(getattr(layer, "_layers", None) or [])
+
+
+def flatten_layers(layer, include_self=False):
+    """Every layer inside `layer`, nested ones included."""
+    return list(layer._flatten_layers(include_self=include_self))
+
+
+def functional_graph(layer):
+    """The functional graph behind a Sequential or functional model, or None."""
+    if isinstance(layer, keras.Sequential):
+        graph = getattr(layer, "_functional", None)
+        if graph is None and layer.built:
+            _fail("Sequential._functional")
+        return graph
+    if isinstance(layer, Functional):
+        return layer
+    return None
+
+
+def is_functional(layer):
+    return isinstance(layer, keras.Sequential) or isinstance(layer, Functional)
+
+
+def run_graph(graph, inputs, operation_fn):
+    """Runs a functional graph, calling `operation_fn(layer)(*args, **kwargs)`."""
+    inputs = graph._standardize_inputs(inputs)
+    return graph._run_through_graph(inputs, operation_fn=operation_fn)
+
+
+def producer(tensor):
+    """`(layer, output index)` of the layer that produced a KerasTensor."""
+    history = getattr(tensor, "_keras_history", None)
+    if history is None:
+        _fail("KerasTensor._keras_history")
+    return history.operation, history.tensor_index
+
+
+def is_traced(tensor):
+    """Whether `tensor` is symbolic (a graph being traced), not a concrete value."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return not tf.executing_eagerly()
+    if backend == "jax":
+        import jax
+
+        return isinstance(tensor, jax.core.Tracer)
+    return False
+
+
+_installed = {}
+
+
+def install_call_hooks(dropout_call, rnn_call, rnn_mask, attention_scores, dropout_classes):
+    """Routes Keras' internal dropout through keras-dropout (idempotent).
+
+    Each hook is `make(original) -> replacement`; the replacement calls the
+    original whenever keras-dropout has not asked for sampling, so outside
+    `predict_mc`, MC signatures and `kd.sampling()` every layer behaves as
+    Keras wrote it.
+    """
+    targets = [(cls, "call", dropout_call) for cls in dropout_classes]
+    targets += [
+        (RNN, "call", rnn_call),
+        (DropoutRNNCell, "_create_dropout_mask", rnn_mask),
+        (keras.layers.Attention, "_apply_scores", attention_scores),
+    ]
+    for owner, attribute, make in targets:
+        if (owner, attribute) in _installed:
+            continue
+        original = getattr(owner, attribute)
+        replacement = functools.wraps(original)(make(original))
+        replacement.__keras_dropout_hook__ = True
+        _installed[(owner, attribute)] = original
+        setattr(owner, attribute, replacement)
+
+
+def is_hooked(function):
+    return getattr(function, "__keras_dropout_hook__", False)

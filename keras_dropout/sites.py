@@ -1,0 +1,444 @@
+"""Stochastic sites: every place a model applies dropout or noise, and how each samples.
+
+A Keras model applies dropout in more places than its top-level layers: the
+attention-probability dropout of `MultiHeadAttention`, the `Dropout` layers
+inside keras_hub blocks, `TimeDistributed(Dropout)`, a custom layer's
+`self.dropout = Dropout(...)`, the input and recurrent masks of LSTM / GRU /
+SimpleRNN / ConvLSTM cells. `stochastic_sites(model)` lists them all, and the
+call hooks installed here make each of them sample whenever keras-dropout
+asks for it:
+
+- inside `seed_scope` (`predict_mc`, the `mc` / `mc_sample` signatures):
+  with keras-dropout's stateless masks, keyed by (seed, row, sample), written
+  to no variable;
+- inside `deterministic_scope` (`serving_default`): their inference output,
+  without touching Keras' seed generators (an RNN otherwise advances its
+  seed generator on every call, even at inference);
+- inside `kd.sampling()`, in eager calls: Keras' own training-mode dropout of
+  those sites only (nothing else leaves inference mode);
+- otherwise: exactly Keras' own code path.
+
+RNN dropout is variational (Gal & Ghahramani 2016b), as Keras applies it in
+training: one input mask and one recurrent mask per sequence (and per Monte
+Carlo sample), held over all time steps.
+
+The hooks wrap Keras' classes, not the user's objects: a model is never
+altered, its `.keras` file is unaffected, and weights are shared because
+nothing is copied. The private methods wrapped are listed in
+`keras_dropout._keras_internals`.
+"""
+
+import dataclasses
+import warnings
+import weakref
+
+import keras
+from keras import ops
+
+from keras_dropout import _keras_internals as internals
+from keras_dropout import masks
+from keras_dropout import sampling
+from keras_dropout.layers import alpha_dropout as alpha_module
+from keras_dropout.layers import concrete_dropout as concrete_module
+from keras_dropout.layers import dropconnect_dense as dropconnect_module
+from keras_dropout.layers import dropout as dropout_module
+from keras_dropout.layers import gaussian_dropout as gaussian_dropout_module
+from keras_dropout.layers import gaussian_noise as gaussian_noise_module
+from keras_dropout.layers import spatial_dropout as spatial_module
+from keras_dropout.layers.sampling_layer import SamplingLayer
+
+
+@dataclasses.dataclass(frozen=True)
+class StochasticSite:
+    """One place where a model applies dropout or noise.
+
+    Attributes:
+        path: the layer names from the model down to the site, joined by "/".
+        kind: "dropout", "spatial_dropout", "gaussian_dropout",
+            "alpha_dropout", "gaussian_noise", "dropconnect", "concrete",
+            "rnn_input", "rnn_recurrent" or "attention".
+        rate: the dropout rate (the `stddev` for "gaussian_noise").
+        sampled: whether `predict_mc` and the MC signatures sample it.
+        reason: why not, when `sampled` is False; else "".
+        layer: the layer object (not shown when printed).
+    """
+
+    path: str
+    kind: str
+    rate: float
+    sampled: bool
+    reason: str = ""
+    layer: object = dataclasses.field(default=None, repr=False, compare=False)
+
+
+class StochasticSites(list):
+    """A list of `StochasticSite`s that prints as a table."""
+
+    def __str__(self):
+        if not self:
+            return "(no dropout or noise anywhere in the model)"
+        rows = [("path", "kind", "rate", "sampled")] + [
+            (
+                site.path,
+                site.kind,
+                f"{site.rate:g}",
+                "yes" if site.sampled else f"no: {site.reason}",
+            )
+            for site in self
+        ]
+        widths = [max(len(row[i]) for row in rows) for i in range(3)]
+        return "\n".join(
+            "  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths)) + "  " + row[3]
+            for row in rows
+        )
+
+    __repr__ = __str__
+
+    @property
+    def sampled(self):
+        return [site for site in self if site.sampled]
+
+
+# Keras' dropout-family layers: (kind, rate attribute, sampler(layer, x, seed)).
+_STOCK_LAYERS = {
+    keras.layers.Dropout: (
+        "dropout",
+        "rate",
+        lambda layer, x, seed: dropout_module.inverted_dropout(
+            x, layer.rate, dropout_module.concrete_noise_shape(layer.noise_shape, x), seed
+        ),
+    ),
+    keras.layers.SpatialDropout1D: ("spatial_dropout", "rate", None),
+    keras.layers.SpatialDropout2D: ("spatial_dropout", "rate", None),
+    keras.layers.SpatialDropout3D: ("spatial_dropout", "rate", None),
+    keras.layers.GaussianDropout: (
+        "gaussian_dropout",
+        "rate",
+        lambda layer, x, seed: gaussian_dropout_module.gaussian_dropout(x, layer.rate, seed),
+    ),
+    keras.layers.AlphaDropout: (
+        "alpha_dropout",
+        "rate",
+        lambda layer, x, seed: alpha_module.alpha_dropout(
+            x, layer.rate, dropout_module.concrete_noise_shape(layer.noise_shape, x), seed
+        ),
+    ),
+    keras.layers.GaussianNoise: (
+        "gaussian_noise",
+        "stddev",
+        lambda layer, x, seed: gaussian_noise_module.gaussian_noise(x, layer.stddev, seed),
+    ),
+}
+
+
+def _spatial_sampler(layer, x, seed):
+    # Keras' spatial layers know their own channel axis (`data_format`).
+    return dropout_module.inverted_dropout(x, layer.rate, layer._get_noise_shape(x), seed)
+
+
+_OWN_LAYERS = (
+    (dropout_module.MCDropout, "dropout", "rate"),
+    (spatial_module.BaseMCSpatialDropout, "spatial_dropout", "rate"),
+    (gaussian_dropout_module.MCGaussianDropout, "gaussian_dropout", "rate"),
+    (alpha_module.MCAlphaDropout, "alpha_dropout", "rate"),
+    (gaussian_noise_module.MCGaussianNoise, "gaussian_noise", "stddev"),
+    (dropconnect_module.DropConnectDense, "dropconnect", "rate"),
+    (concrete_module.ConcreteDropout, "concrete", "rate"),
+)
+
+# Keras' own cells use `training` for dropout and nothing else, so forcing
+# training=True in them samples their masks and changes nothing more.
+_STOCK_CELLS = (
+    keras.layers.LSTMCell,
+    keras.layers.GRUCell,
+    keras.layers.SimpleRNNCell,
+    internals.ConvLSTMCell,
+)
+_ATTENTION_LAYERS = (keras.layers.MultiHeadAttention,) + (
+    (keras.layers.GroupQueryAttention,) if hasattr(keras.layers, "GroupQueryAttention") else ()
+)
+_DROPOUT_ATTRIBUTES = ("dropout", "recurrent_dropout", "attention_dropout", "dropout_rate", "rate")
+
+
+def _stock_entry(layer):
+    """`(class, kind, rate attribute, sampler)` for a Keras dropout-family layer."""
+    for cls in type(layer).__mro__:
+        if cls in _STOCK_LAYERS:
+            kind, attribute, sampler = _STOCK_LAYERS[cls]
+            return cls, kind, attribute, sampler or _spatial_sampler
+    return None
+
+
+# Stock sites compiled while sampling was off: those compiled functions (an
+# earlier model.predict, a tf.function) can never sample them.
+_compiled_deterministic = weakref.WeakSet()
+
+
+def _warn_about_compiled_sites():
+    names = sorted({layer.name for layer in list(_compiled_deterministic)})
+    if names:
+        warnings.warn(
+            "kd.sampling(): the dropout of these layers, which Keras applies itself, "
+            "was compiled into functions while sampling was off (e.g. by an earlier "
+            "model.predict or tf.function); those compiled functions keep it "
+            f"deterministic: {', '.join(names[:10])}{'...' if len(names) > 10 else ''}. "
+            "Use kd.predict_mc(model, x), or call the model eagerly (model(x)).",
+            stacklevel=4,
+        )
+
+
+sampling.on_enable.append(_warn_about_compiled_sites)
+
+
+def _mode(layer=None, tensor=None):
+    """"scoped", "deterministic", "switch" (kd.sampling()) or None (Keras' own)."""
+    if internals.in_symbolic_scope():
+        return None  # Keras inferring shapes
+    scope = sampling.current_seed_scope()
+    if scope is not None:
+        return "deterministic" if scope.seed is None else "scoped"
+    if sampling.is_enabled():
+        return "switch"
+    if layer is not None and internals.is_traced(tensor):
+        _compiled_deterministic.add(layer)
+    return None
+
+
+def _scoped_seed(layer):
+    scope = sampling.current_seed_scope()
+    return scope.row_seeds(scope.next_seed(layer))
+
+
+def _refuse_compiled(layer, tensor):
+    if internals.is_traced(tensor):
+        raise RuntimeError(
+            f"kd.sampling() cannot make '{layer.name}' ({type(layer).__name__}, a dropout "
+            "that Keras applies itself) sample inside a compiled function such as "
+            "model.predict or a tf.function: compiled code cannot read the switch for "
+            "layers keras-dropout does not own. Use kd.predict_mc(model, x) (every "
+            "site samples, vectorized and seeded), call the model eagerly inside "
+            "kd.sampling() (model(x)), or export it with kd.serving.export."
+        )
+
+
+def _dropout_call(original):
+    def call(self, inputs, *args, **kwargs):
+        entry = _stock_entry(self)
+        attribute, sampler = entry[2], entry[3]
+        rate = getattr(self, attribute)
+        mode = _mode(self if rate > 0 else None, inputs)
+        if mode is None:
+            return original(self, inputs, *args, **kwargs)
+        if not rate > 0 or mode == "deterministic":
+            return inputs
+        if mode == "switch":
+            _refuse_compiled(self, inputs)
+            kwargs["training"] = True
+            return original(self, inputs, **kwargs)
+        return sampler(self, inputs, _scoped_seed(self))
+
+    return call
+
+
+def _cells(cell):
+    nested = getattr(cell, "cells", None)
+    if isinstance(cell, keras.layers.StackedRNNCells) and nested is not None:
+        return [leaf for child in nested for leaf in _cells(child)]
+    return [cell]
+
+
+def _rnn_has_dropout(rnn):
+    return any(
+        getattr(cell, "dropout", 0) > 0 or getattr(cell, "recurrent_dropout", 0) > 0
+        for cell in _cells(rnn.cell)
+    )
+
+
+def _rnn_can_sample(rnn):
+    return all(type(cell) in _STOCK_CELLS for cell in _cells(rnn.cell))
+
+
+def _rnn_call(original):
+    def call(self, sequences, *args, **kwargs):
+        has_dropout = _rnn_has_dropout(self)
+        mode = _mode(self if has_dropout else None, sequences)
+        if mode in ("scoped", "switch") and has_dropout and _rnn_can_sample(self):
+            if mode == "switch":
+                _refuse_compiled(self, sequences)
+            kwargs["training"] = True
+        return original(self, sequences, *args, **kwargs)
+
+    return call
+
+
+def _rnn_mask(original):
+    def create_mask(self, step_input, dropout_rate):
+        mode = _mode()
+        if mode not in ("scoped", "deterministic"):
+            return original(self, step_input, dropout_rate)
+        count = getattr(self, "dropout_mask_count", None)
+        if mode == "deterministic":
+            # Never applied (training is False) but built by every RNN call:
+            # ones instead of a draw that would advance the seed generator.
+            ones = ops.ones_like(step_input)
+            return ones if count is None else [ones] * count
+        seed = _scoped_seed(self)
+        scale = 1.0 / (1.0 - dropout_rate)
+
+        def one_mask(index):
+            mask_seed = seed if count is None else masks.fold_in(seed, index)
+            keep = masks.keep_mask(ops.shape(step_input), dropout_rate, mask_seed, step_input.dtype)
+            return keep * scale
+
+        return one_mask(0) if count is None else [one_mask(i) for i in range(count)]
+
+    return create_mask
+
+
+def _attention_scores(original):
+    def apply_scores(self, scores, value, scores_mask=None, training=False):
+        mode = _mode(self if self.dropout > 0 else None, scores)
+        if mode is None or not self.dropout > 0:
+            return original(self, scores, value, scores_mask=scores_mask, training=training)
+        if mode == "deterministic":
+            return original(self, scores, value, scores_mask=scores_mask, training=False)
+        if mode == "switch":
+            _refuse_compiled(self, scores)
+            return original(self, scores, value, scores_mask=scores_mask, training=True)
+        # Keras' Attention._apply_scores, with the dropout drawn from our masks.
+        if scores_mask is not None:
+            padding_mask = ops.logical_not(scores_mask)
+            max_value = 65504.0 if scores.dtype == "float16" else 1.0e9
+            if len(padding_mask.shape) == 2:
+                padding_mask = ops.expand_dims(padding_mask, axis=-2)
+            scores = ops.where(padding_mask, scores - max_value, scores)
+        weights = ops.softmax(scores, axis=-1)
+        weights = dropout_module.inverted_dropout(
+            weights, self.dropout, ops.shape(weights), _scoped_seed(self)
+        )
+        return ops.matmul(weights, value), weights
+
+    return apply_scores
+
+
+internals.install_call_hooks(
+    dropout_call=_dropout_call,
+    rnn_call=_rnn_call,
+    rnn_mask=_rnn_mask,
+    attention_scores=_attention_scores,
+    dropout_classes=list(_STOCK_LAYERS),
+)
+
+
+def _own_entry(layer):
+    for cls, kind, attribute in _OWN_LAYERS:
+        if isinstance(layer, cls):
+            return kind, attribute
+    return None
+
+
+def _layer_sites(layer, path, parent, rnn):
+    """The sites `layer` itself holds (its sublayers are visited separately)."""
+    if isinstance(layer, SamplingLayer):
+        kind, attribute = _own_entry(layer) or ("dropout", "rate")
+        rate = float(ops.convert_to_numpy(getattr(layer, attribute, 0.0)))
+        noisy = layer.is_noisy
+        return [StochasticSite(path, kind, rate, noisy, "" if noisy else f"{attribute} is 0", layer)]
+    entry = _stock_entry(layer)
+    if entry is not None:
+        cls, kind, attribute, _ = entry
+        rate = float(getattr(layer, attribute))
+        if isinstance(parent, _ATTENTION_LAYERS):
+            kind = "attention"
+        if not internals.is_hooked(type(layer).call):
+            reason = f"{type(layer).__name__} overrides {cls.__name__}.call()"
+            return [StochasticSite(path, kind, rate, False, reason, layer)]
+        return [StochasticSite(path, kind, rate, rate > 0, "" if rate > 0 else f"{attribute} is 0", layer)]
+    if isinstance(layer, keras.layers.Attention) and layer.dropout > 0:
+        return [StochasticSite(path, "attention", float(layer.dropout), True, "", layer)]
+    if isinstance(layer, internals.DropoutRNNCell):
+        sites = []
+        for kind, attribute in (("rnn_input", "dropout"), ("rnn_recurrent", "recurrent_dropout")):
+            rate = float(getattr(layer, attribute, 0.0))
+            if rate > 0:
+                reason = ""
+                if type(layer) not in _STOCK_CELLS:
+                    reason = (
+                        f"custom cell class {type(layer).__name__}: training=True is "
+                        "only forced in Keras' own cells"
+                    )
+                elif rnn is None:
+                    reason = "the cell is not run by a keras RNN layer"
+                elif not _rnn_can_sample(rnn):
+                    reason = f"its RNN layer '{rnn.name}' also runs custom cells"
+                sites.append(StochasticSite(path, kind, rate, not reason, reason, layer))
+        return sites
+    return []
+
+
+def _undetected_dropout(layer, path):
+    """A site for a layer with a dropout rate but no dropout keras-dropout knows."""
+    for attribute in _DROPOUT_ATTRIBUTES:
+        value = getattr(layer, attribute, None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1:
+            reason = (
+                f"{type(layer).__name__} applies its {attribute}={value:g} itself, "
+                "not through a keras.layers.Dropout, so it cannot be sampled"
+            )
+            return StochasticSite(path, "dropout", float(value), False, reason, layer)
+    return None
+
+
+def stochastic_sites(model):
+    """Lists every place `model` applies dropout or noise, and whether it samples.
+
+    Walks the model's layers and the layers they hold (nested models,
+    wrappers, attention blocks, RNN cells, custom layers' attributes) and
+    returns one `StochasticSite` per site: the keras-dropout layers, Keras'
+    dropout-family layers wherever they sit (`kind="attention"` for the
+    attention-probability dropout of `MultiHeadAttention`), `Attention(
+    dropout=)`, and the input (`"rnn_input"`) and recurrent
+    (`"rnn_recurrent"`) dropout of RNN cells. A layer with a dropout rate
+    that applies it some other way is listed with `sampled=False` and the
+    reason.
+
+    Args:
+        model: a Keras model or layer (built, so that its sublayers exist).
+
+    Returns:
+        A `StochasticSites` list (it prints as a table).
+
+    Example:
+
+    >>> import keras, keras_dropout as kd
+    >>> model = keras.Sequential([keras.Input((4, 8)), keras.layers.LSTM(
+    ...     8, dropout=0.1, recurrent_dropout=0.2), keras.layers.Dropout(0.5)])
+    >>> [(s.kind, s.rate) for s in kd.stochastic_sites(model)]
+    [('rnn_input', 0.1), ('rnn_recurrent', 0.2), ('dropout', 0.5)]
+    """
+    sites = StochasticSites()
+    seen = set()
+
+    def visit(layer, path, parent, rnn):
+        if id(layer) in seen:
+            return
+        seen.add(id(layer))
+        if isinstance(layer, internals.RNN):
+            rnn = layer
+        own = _layer_sites(layer, path, parent, rnn)
+        sites.extend(own)
+        before = len(sites)
+        for child in internals.sublayers(layer):
+            visit(child, f"{path}/{child.name}" if path else child.name, layer, rnn)
+        if not own and len(sites) == before and layer is not model:
+            undetected = _undetected_dropout(layer, path)
+            if undetected is not None:
+                sites.append(undetected)
+
+    visit(model, "" if isinstance(model, keras.Model) else model.name, None, None)
+    return sites
+
+
+def has_sampled_site(layer):
+    """Whether `layer` (or anything inside it) samples under `seed_scope`."""
+    return any(site.sampled for site in stochastic_sites(layer))

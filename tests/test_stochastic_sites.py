@@ -1,0 +1,289 @@
+"""Every dropout a model holds samples, wherever it sits (DESIGN.md section 3).
+
+Specification: "Every stochastic regulariser a model holds samples under
+kd.sampling(), predict_mc and the MC signatures", `kd.stochastic_sites`,
+`row_ids` and seeds. Each site kind gets a model whose only dropout is that
+site, next to a companion output carrying keras-dropout noise (so the model
+always has something to sample even at rate 0): at rate > 0 the site's output
+varies across samples; at rate 0 every sample equals the deterministic output.
+"""
+
+import numpy as np
+import pytest
+
+import keras
+from keras import ops
+
+import keras_dropout as kd
+
+SEQ, FEATURES, ROWS = 5, 4, 6
+
+
+def _sequences(rows=ROWS, seed=0):
+    return np.random.default_rng(seed).normal(size=(rows, SEQ, FEATURES)).astype("float32")
+
+
+class DropoutBlock(keras.layers.Layer):
+    """A custom layer holding a stock Dropout as an attribute."""
+
+    def __init__(self, rate, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = keras.layers.Dense(FEATURES)
+        self.drop = keras.layers.Dropout(rate)
+
+    def call(self, x, training=None):
+        return self.drop(self.dense(x), training=training)
+
+
+def _mha(rate):
+    return lambda x: keras.layers.MultiHeadAttention(2, 4, dropout=rate)(x, x)
+
+
+def _attention(rate):
+    return lambda x: keras.layers.Attention(dropout=rate)([x, x])
+
+
+def _rnn(cls, **kwargs):
+    return lambda x: cls(6, return_sequences=True, **kwargs)(x)
+
+
+def _transformer_encoder(rate):
+    keras_hub = pytest.importorskip("keras_hub")
+    return lambda x: keras_hub.layers.TransformerEncoder(8, 2, dropout=rate)(x)
+
+
+SITES = {
+    "multi_head_attention": (_mha, "attention"),
+    "attention_layer": (_attention, "attention"),
+    "time_distributed": (lambda r: keras.layers.TimeDistributed(keras.layers.Dropout(r)), "dropout"),
+    "custom_layer_attribute": (lambda r: DropoutBlock(r), "dropout"),
+    "lstm_dropout": (lambda r: _rnn(keras.layers.LSTM, dropout=r), "rnn_input"),
+    "lstm_recurrent_dropout": (lambda r: _rnn(keras.layers.LSTM, recurrent_dropout=r), "rnn_recurrent"),
+    "gru_dropout": (lambda r: _rnn(keras.layers.GRU, dropout=r), "rnn_input"),
+    "gru_recurrent_dropout": (lambda r: _rnn(keras.layers.GRU, recurrent_dropout=r), "rnn_recurrent"),
+    "simple_rnn_dropout": (lambda r: _rnn(keras.layers.SimpleRNN, dropout=r), "rnn_input"),
+    "simple_rnn_recurrent_dropout": (
+        lambda r: _rnn(keras.layers.SimpleRNN, recurrent_dropout=r),
+        "rnn_recurrent",
+    ),
+    "bidirectional_lstm": (
+        lambda r: keras.layers.Bidirectional(
+            keras.layers.LSTM(3, return_sequences=True, dropout=r, recurrent_dropout=r)
+        ),
+        "rnn_input",
+    ),
+    "stacked_cells": (
+        lambda r: keras.layers.RNN(
+            [keras.layers.LSTMCell(4, dropout=r), keras.layers.GRUCell(4, recurrent_dropout=r)],
+            return_sequences=True,
+        ),
+        "rnn_input",
+    ),
+    "keras_hub_transformer_encoder": (_transformer_encoder, "attention"),
+}
+
+
+def _site_model(name, rate):
+    """`[site output, companion output]`; the companion always has noise."""
+    keras.utils.set_random_seed(0)
+    make, _ = SITES[name]
+    inputs = keras.Input((SEQ, FEATURES))
+    site = make(rate)(inputs)
+    companion = kd.layers.MCGaussianNoise(1.0)(keras.layers.GlobalAveragePooling1D()(inputs))
+    return keras.Model(inputs, {"site": site, "companion": companion})
+
+
+@pytest.mark.parametrize("name", sorted(SITES))
+def test_a_model_whose_only_dropout_is_this_site_has_variance(name):
+    model = _site_model(name, 0.4)
+    result = kd.predict_mc(model, _sequences(), num_samples=16, seed=0)["site"]
+    assert result.variance.max() > 1e-6
+    kinds = {site.kind for site in kd.stochastic_sites(model) if site.sampled}
+    assert SITES[name][1] in kinds
+
+
+@pytest.mark.parametrize("name", sorted(SITES))
+def test_at_rate_zero_every_sample_is_the_deterministic_output(name):
+    model = _site_model(name, 0.0)
+    x = _sequences()
+    result = kd.predict_mc(model, x, num_samples=4, seed=0, return_samples=True)["site"]
+    deterministic = ops.convert_to_numpy(model(x)["site"])
+    for s in range(4):
+        np.testing.assert_allclose(result.samples[:, s], deterministic, rtol=1e-5, atol=1e-5)
+
+
+def test_rnn_input_mask_is_held_over_time_steps_and_differs_between_samples():
+    # h_t = x_t * m (identity kernel, no recurrence): with x = 1, h_t is the mask.
+    rnn = keras.layers.SimpleRNN(FEATURES, dropout=0.5, activation="linear", return_sequences=True)
+    model = keras.Sequential([keras.Input((SEQ, FEATURES)), rnn])
+    rnn.set_weights([np.eye(FEATURES), np.zeros((FEATURES, FEATURES)), np.zeros(FEATURES)])
+    samples = kd.predict_mc(
+        model, np.ones((2, SEQ, FEATURES), "float32"), 32, seed=3, return_samples=True
+    ).samples
+    assert set(np.unique(samples.round(5))) <= {0.0, 2.0}
+    np.testing.assert_array_equal(samples, np.repeat(samples[:, :, :1], SEQ, axis=2))
+    per_sample = samples[:, :, 0].reshape(-1, FEATURES)
+    assert len({row.tobytes() for row in per_sample}) > 4
+
+
+def test_rnn_recurrent_mask_is_held_over_time_steps_and_differs_between_samples():
+    # h_t = 1 + m * h_{t-1}: a mask held over time gives, per unit, either
+    # 1, 1, 1, ... (m = 0) or 1, 3, 7, 15, ... (m = 2); a mask redrawn per step
+    # would mix the two.
+    rnn = keras.layers.SimpleRNN(
+        FEATURES, recurrent_dropout=0.5, activation="linear", return_sequences=True
+    )
+    model = keras.Sequential([keras.Input((SEQ, FEATURES)), rnn])
+    rnn.set_weights([np.full((FEATURES, FEATURES), 1.0 / FEATURES), np.eye(FEATURES), np.zeros(FEATURES)])
+    samples = kd.predict_mc(
+        model, np.ones((2, SEQ, FEATURES), "float32"), 32, seed=4, return_samples=True
+    ).samples
+    kept = 2.0 ** np.arange(1, SEQ + 1) - 1
+    for trajectory in samples.transpose(0, 1, 3, 2).reshape(-1, SEQ):
+        assert np.allclose(trajectory, 1.0) or np.allclose(trajectory, kept), trajectory
+    first_step_masks = samples[:, :, 1].reshape(-1, FEATURES)
+    assert len({row.round(3).tobytes() for row in first_step_masks}) > 4
+
+
+class SubclassedRegressor(keras.Model):
+    def __init__(self, stock):
+        super().__init__()
+        self.hidden = keras.layers.Dense(32, activation="relu")
+        self.drop = keras.layers.Dropout(0.3) if stock else kd.layers.MCDropout(0.3)
+        self.out = keras.layers.Dense(1)
+
+    def call(self, x, training=None):
+        return self.out(self.drop(self.hidden(x), training=training))
+
+
+def _naive_moments(model, x, num_samples, seed):
+    with kd.sampling(seed=seed):
+        draws = np.stack([ops.convert_to_numpy(model(x)) for _ in range(num_samples)], axis=1)
+    return draws.mean(axis=1), draws.var(axis=1)
+
+
+@pytest.mark.parametrize("stock", [False, True], ids=["mc_layer", "stock_dropout"])
+@pytest.mark.parametrize("rows,chunk_size", [(5, 8192), (12, 64), (7, 300)])
+def test_subclassed_model_rows_match_a_naive_sampled_loop(stock, rows, chunk_size):
+    keras.utils.set_random_seed(1)
+    model = SubclassedRegressor(stock)
+    # Rows on very different scales: a row answered with another row's
+    # samples is off by many standard errors.
+    x = (np.random.default_rng(2).normal(size=(rows, 3)) * np.arange(1, rows + 1)[:, None]).astype(
+        "float32"
+    )
+    num_samples = 400
+    result = kd.predict_mc(model, x, num_samples, seed=0, chunk_size=chunk_size)
+    naive_mean, naive_var = _naive_moments(model, x, num_samples, seed=1)
+    standard_error = np.sqrt((result.variance + naive_var) / num_samples) + 1e-6
+    assert (np.abs(result.mean - naive_mean) < 6 * standard_error).all()
+    # Variances agree within their own sampling error (chi-square, S = 400).
+    np.testing.assert_allclose(result.variance, naive_var, rtol=0.45, atol=1e-6)
+    assert (result.variance > 0).all()
+
+
+def test_stochastic_sites_lists_nested_sites_with_paths_and_prints_a_table():
+    inner = keras.Sequential(
+        [keras.Input((SEQ, FEATURES)), keras.layers.LSTM(4, dropout=0.2), keras.layers.Dropout(0.0)],
+        name="encoder",
+    )
+    inputs = keras.Input((SEQ, FEATURES))
+    outputs = kd.layers.MCDropout(0.1, name="head_dropout")(inner(inputs))
+    sites = kd.stochastic_sites(keras.Model(inputs, outputs))
+    described = [(s.path, s.kind, s.rate, s.sampled) for s in sites]
+    rnn_sites = [s for s in sites if s.kind == "rnn_input"]
+    assert len(rnn_sites) == 1 and rnn_sites[0].sampled and rnn_sites[0].rate == pytest.approx(0.2)
+    assert rnn_sites[0].path.startswith("encoder/") and rnn_sites[0].path.endswith("_cell")
+    assert ("head_dropout", "dropout", 0.1, True) in described
+    rate_zero = [s for s in sites if s.rate == 0.0]
+    assert rate_zero and not rate_zero[0].sampled and "0" in rate_zero[0].reason
+    table = str(sites)
+    assert "path" in table.splitlines()[0] and "head_dropout" in table
+
+
+def test_a_layer_applying_its_own_dropout_is_named_not_skipped_silently():
+    class OwnNoise(keras.layers.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.dropout = 0.3
+            self.seed_generator = keras.random.SeedGenerator(0)
+
+        def call(self, x, training=False):
+            if training:
+                return keras.random.dropout(x, self.dropout, seed=self.seed_generator)
+            return x
+
+    inputs = keras.Input((FEATURES,))
+    model = keras.Model(inputs, kd.layers.MCDropout(0.2)(OwnNoise(name="own_noise")(inputs)))
+    sites = kd.stochastic_sites(model)
+    own = [s for s in sites if s.path == "own_noise"]
+    assert own and not own[0].sampled and "cannot be sampled" in own[0].reason
+    with pytest.warns(UserWarning, match="own_noise"):
+        kd.predict_mc(model, np.ones((2, FEATURES), "float32"), 4, seed=0)
+
+
+def test_nothing_to_sample_error_quotes_the_sites():
+    model = keras.Sequential(
+        [keras.Input((SEQ, FEATURES)), keras.layers.LSTM(3), keras.layers.Dropout(0.0, name="no_rate")]
+    )
+    with pytest.raises(ValueError, match="(?s)nothing that samples.*no_rate.*rate is 0"):
+        kd.predict_mc(model, _sequences(), 4)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**40, -(2**63), 2**63 - 1, np.int64(-5), np.uint32(7)])
+def test_any_64_bit_seed_is_accepted_and_reproducible(seed):
+    model = _site_model("time_distributed", 0.3)
+    first = kd.predict_mc(model, _sequences(), 8, seed=seed)["site"].mean
+    second = kd.predict_mc(model, _sequences(), 8, seed=seed)["site"].mean
+    np.testing.assert_array_equal(first, second)
+
+
+@pytest.mark.parametrize("seed", [2**63, -(2**63) - 1, 2**64, 1.5, "7", True])
+def test_seeds_out_of_range_or_not_integers_raise_value_error_naming_seed(seed):
+    model = _site_model("time_distributed", 0.3)
+    with pytest.raises(ValueError, match="`seed`"):
+        kd.predict_mc(model, _sequences(), 4, seed=seed)
+
+
+def test_row_ids_key_the_masks_whatever_the_batch_holds():
+    model = _site_model("lstm_dropout", 0.4)
+    x = _sequences(rows=6)
+    ids = np.array([10, 2**40, -3, 7, 99, 5])
+    full = kd.predict_mc(model, x, 8, seed=5, row_ids=ids, return_samples=True)["site"].samples
+    order = np.array([4, 1, 5])
+    part = kd.predict_mc(
+        model, x[order], 8, seed=5, row_ids=ids[order], return_samples=True, chunk_size=16
+    )["site"].samples
+    np.testing.assert_allclose(part, full[order], rtol=1e-5, atol=1e-6)
+    other = kd.predict_mc(model, x, 8, seed=5, return_samples=True)["site"].samples
+    assert not np.allclose(other, full)
+
+
+@pytest.mark.parametrize("row_ids", [np.arange(3), np.zeros((6, 2), int), np.linspace(0, 1, 6)])
+def test_bad_row_ids_raise_value_error(row_ids):
+    model = _site_model("lstm_dropout", 0.4)
+    with pytest.raises(ValueError, match="`row_ids`"):
+        kd.predict_mc(model, _sequences(rows=6), 4, row_ids=row_ids)
+
+
+def test_dict_outputs_are_keyed_by_the_models_dict_keys():
+    inputs = keras.Input((FEATURES,))
+    hidden = kd.layers.MCDropout(0.3)(keras.layers.Dense(8)(inputs))
+    outputs = {
+        "label": keras.layers.Dense(3, activation="softmax", name="cls")(hidden),
+        "score": keras.layers.Dense(1, name="reg")(hidden),
+    }
+    result = kd.predict_mc(keras.Model(inputs, outputs), np.ones((2, FEATURES), "float32"), 8, seed=0)
+    assert set(result) == {"label", "score"}
+    assert result["label"].task == "classification" and result["score"].task == "regression"
+    assert result["label"].mean.shape == (2, 3)
+
+
+def test_outside_sampling_stock_sites_behave_exactly_as_keras_wrote_them():
+    model = _site_model("multi_head_attention", 0.5)
+    x = _sequences()
+    before = ops.convert_to_numpy(model(x)["site"])
+    kd.predict_mc(model, x, 4, seed=0)
+    np.testing.assert_array_equal(ops.convert_to_numpy(model(x)["site"]), before)
+    trained = [ops.convert_to_numpy(model(x, training=True)["site"]) for _ in range(2)]
+    assert not np.allclose(trained[0], trained[1])  # Keras' own training dropout
