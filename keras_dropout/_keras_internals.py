@@ -1,4 +1,4 @@
-"""Every private Keras API keras-dropout relies on, and nothing else.
+"""Every private Keras and TensorFlow API keras-dropout relies on, and nothing else.
 
 Keras 3 has no public way to walk a functional graph with a custom call per
 layer, to list a layer's tracked sublayers, or to intercept the dropout that
@@ -14,10 +14,17 @@ What is used:
 - `KerasTensor._keras_history` (which layer produced a model output);
 - `keras.src.backend.common.symbolic_scope.in_symbolic_scope` (Keras' shape
   inference, during which `call` runs on symbolic tensors);
+- `Functional._inputs_struct` / `_outputs_struct` (dict inputs and outputs
+  keep their keys), `Model._build_shapes_dict` (the input shape of a called
+  subclassed model, for its export), `BaseSpatialDropout._get_noise_shape`;
+- TensorFlow (imported only when used): `control_flow_util.
+  GraphOrParentsInXlaContext` (masks pick Philox outside XLA),
+  `loader_impl.parse_saved_model` and `op_def_registry` (what `check` and
+  the server read from a SavedModel without loading it);
 - the methods through which Keras' layers apply dropout internally, which
   `install_call_hooks` wraps: `call` of the dropout-family layers,
-  `RNN.call`, `DropoutRNNCell._create_dropout_mask` and
-  `Attention._apply_scores`.
+  `RNN.call`, `DropoutRNNCell._create_dropout_mask`,
+  `Attention._apply_scores` and `TimeDistributed.call`.
 """
 
 import functools
@@ -134,7 +141,9 @@ def is_traced(tensor):
 _installed = {}
 
 
-def install_call_hooks(dropout_call, rnn_call, rnn_mask, attention_scores, dropout_classes):
+def install_call_hooks(
+    dropout_call, rnn_call, rnn_mask, attention_scores, time_distributed_call, dropout_classes
+):
     """Routes Keras' internal dropout through keras-dropout (idempotent).
 
     Each hook is `make(original) -> replacement`; the replacement calls the
@@ -147,6 +156,7 @@ def install_call_hooks(dropout_call, rnn_call, rnn_mask, attention_scores, dropo
         (RNN, "call", rnn_call),
         (DropoutRNNCell, "_create_dropout_mask", rnn_mask),
         (keras.layers.Attention, "_apply_scores", attention_scores),
+        (keras.layers.TimeDistributed, "call", time_distributed_call),
     ]
     for owner, attribute, make in targets:
         if (owner, attribute) in _installed:
@@ -160,3 +170,56 @@ def install_call_hooks(dropout_call, rnn_call, rnn_mask, attention_scores, dropo
 
 def is_hooked(function):
     return getattr(function, "__keras_dropout_hook__", False)
+
+
+def input_structure(model):
+    """The structure a model was built with (a dict keeps its keys), or None."""
+    return getattr(model, "_inputs_struct", None)
+
+
+def called_input_shape(model):
+    """The input shape a subclassed model was first called with, when it took
+    one tensor (Keras records it in `_build_shapes_dict`); else None."""
+    shapes = getattr(model, "_build_shapes_dict", None) or {}
+    if len(shapes) != 1:
+        return None
+    shape = next(iter(shapes.values()))
+    if not isinstance(shape, (tuple, list)) or not all(
+        dim is None or isinstance(dim, int) for dim in shape
+    ):
+        return None
+    return tuple(shape)
+
+
+def output_structure(model):
+    return getattr(model, "_outputs_struct", None)
+
+
+def spatial_noise_shape(layer, inputs):
+    """The channel-wise noise shape of one of Keras' SpatialDropout layers."""
+    return layer._get_noise_shape(inputs)
+
+
+def in_xla_context():
+    """Whether TensorFlow is tracing a function for XLA (jit_compile=True)."""
+    import tensorflow as tf
+    from tensorflow.python.framework import ops as tf_ops
+    from tensorflow.python.ops import control_flow_util
+
+    return not tf.executing_eagerly() and control_flow_util.GraphOrParentsInXlaContext(
+        tf_ops.get_default_graph()
+    )
+
+
+def parse_saved_model(path):
+    """The SavedModel proto at `path`, read without loading the model."""
+    from tensorflow.python.saved_model import loader_impl
+
+    return loader_impl.parse_saved_model(path)
+
+
+def is_registered_tf_op(name):
+    """Whether `name` is an op of the TensorFlow build that is running."""
+    from tensorflow.python.framework import op_def_registry
+
+    return op_def_registry.get(name) is not None

@@ -4,6 +4,7 @@ import warnings
 
 import keras
 
+from keras_dropout import _keras_internals
 from keras_dropout import layers as mc_layers
 
 _COUNTERPARTS = {
@@ -27,13 +28,11 @@ def _counterpart(layer):
 
 
 def _is_container(layer):
-    return isinstance(layer, keras.Sequential) or isinstance(
-        layer, keras.src.models.Functional
-    )
+    return _keras_internals.is_functional(layer)
 
 
 def _all_layers(model):
-    return list(model._flatten_layers(include_self=False))
+    return _keras_internals.flatten_layers(model)
 
 
 def has_stock_dropout(model):

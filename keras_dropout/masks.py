@@ -217,13 +217,10 @@ def _philox_seed(seed, implementation="auto"):
             )
         return None
     import tensorflow as tf
-    from tensorflow.python.framework import ops as tf_ops
-    from tensorflow.python.ops import control_flow_util
 
-    in_xla = not tf.executing_eagerly() and control_flow_util.GraphOrParentsInXlaContext(
-        tf_ops.get_default_graph()
-    )
-    if in_xla and implementation == "auto":
+    from keras_dropout import _keras_internals
+
+    if implementation == "auto" and _keras_internals.in_xla_context():
         return None
     return tf.bitcast(seed, tf.int32)
 

@@ -417,7 +417,7 @@ def output_names(model):
     Dict outputs keep the keys the model was built with; list outputs are
     named after the layers that produce them.
     """
-    structure = getattr(model, "_outputs_struct", None)
+    structure = internals.output_structure(model)
     if isinstance(structure, dict):
         return [path[0] for path, _ in tree.flatten_with_path(structure)]
     outputs = getattr(model, "outputs", None) or []
@@ -643,7 +643,7 @@ def _check_inputs(model, x):
             f"{[array.shape for array in flat]}"
         )
     if inputs is not None:
-        structure = getattr(model, "_inputs_struct", None)
+        structure = internals.input_structure(model)
         if isinstance(structure, dict) and isinstance(arrays, dict):
             expected = dict(structure)  # dict-input models are called by their keys
         else:

@@ -133,7 +133,7 @@ _STOCK_LAYERS = {
 
 def _spatial_sampler(layer, x, seed):
     # Keras' spatial layers know their own channel axis (`data_format`).
-    return dropout_module.inverted_dropout(x, layer.rate, layer._get_noise_shape(x), seed)
+    return dropout_module.inverted_dropout(x, layer.rate, internals.spatial_noise_shape(layer, x), seed)
 
 
 _OWN_LAYERS = (
@@ -209,16 +209,25 @@ def _scoped_seed(layer):
     return scope.row_seeds(scope.next_seed(layer))
 
 
-def _refuse_compiled(layer, tensor):
-    if internals.is_traced(tensor):
-        raise RuntimeError(
-            f"kd.sampling() cannot make '{layer.name}' ({type(layer).__name__}, a dropout "
-            "that Keras applies itself) sample inside a compiled function such as "
-            "model.predict or a tf.function: compiled code cannot read the switch for "
-            "layers keras-dropout does not own. Use kd.predict_mc(model, x) (every "
-            "site samples, vectorized and seeded), call the model eagerly inside "
-            "kd.sampling() (model(x)), or export it with kd.serving.export."
-        )
+def _switch_samples(layer, tensor):
+    """Whether a stock site samples under `kd.sampling()` in this call.
+
+    In eager calls it does. Compiled code (model.predict, a tf.function)
+    cannot read the switch for layers keras-dropout does not own, and raising
+    there would leave Keras' JAX predict with its variables purged; so the
+    site stays deterministic in that function, with a warning naming it.
+    """
+    if not internals.is_traced(tensor):
+        return True
+    warnings.warn(
+        f"kd.sampling(): '{layer.name}' ({type(layer).__name__}) applies dropout itself "
+        "and cannot sample inside a compiled function (model.predict, tf.function): it "
+        "stays deterministic there, so those outputs leave its uncertainty out. Use "
+        "kd.predict_mc(model, x) (every site samples, vectorized and seeded) or call "
+        "the model eagerly inside kd.sampling() (model(x)).",
+        stacklevel=2,
+    )
+    return False
 
 
 def _dropout_call(original):
@@ -232,7 +241,8 @@ def _dropout_call(original):
         if not rate > 0 or mode == "deterministic":
             return inputs
         if mode == "switch":
-            _refuse_compiled(self, inputs)
+            if not _switch_samples(self, inputs):
+                return original(self, inputs, *args, **kwargs)
             kwargs["training"] = True
             return original(self, inputs, **kwargs)
         return sampler(self, inputs, _scoped_seed(self))
@@ -263,9 +273,8 @@ def _rnn_call(original):
         has_dropout = _rnn_has_dropout(self)
         mode = _mode(self if has_dropout else None, sequences)
         if mode in ("scoped", "switch") and has_dropout and _rnn_can_sample(self):
-            if mode == "switch":
-                _refuse_compiled(self, sequences)
-            kwargs["training"] = True
+            if mode == "scoped" or _switch_samples(self, sequences):
+                kwargs["training"] = True
         return original(self, sequences, *args, **kwargs)
 
     return call
@@ -303,8 +312,8 @@ def _attention_scores(original):
         if mode == "deterministic":
             return original(self, scores, value, scores_mask=scores_mask, training=False)
         if mode == "switch":
-            _refuse_compiled(self, scores)
-            return original(self, scores, value, scores_mask=scores_mask, training=True)
+            sample = _switch_samples(self, scores)
+            return original(self, scores, value, scores_mask=scores_mask, training=sample or training)
         # Keras' Attention._apply_scores, with the dropout drawn from our masks.
         if scores_mask is not None:
             padding_mask = ops.logical_not(scores_mask)
@@ -321,7 +330,34 @@ def _attention_scores(original):
     return apply_scores
 
 
+def _time_distributed_call(original):
+    def call(self, inputs, *args, **kwargs):
+        if _mode() != "scoped" or inputs.shape[1] is not None or not has_sampled_site(self.layer):
+            return original(self, inputs, *args, **kwargs)
+        # With an unknown number of steps Keras maps the layer over time with
+        # vectorized_map, which would reuse one mask for every step.
+        inner = self.layer
+        elementwise = getattr(inner, "noise_shape", None) is None and (
+            _stock_entry(inner) is not None
+            or isinstance(inner, (dropout_module.MCDropout, gaussian_dropout_module.MCGaussianDropout,
+                                  gaussian_noise_module.MCGaussianNoise, alpha_module.MCAlphaDropout))
+        )
+        if elementwise:
+            # Elementwise noise on (batch, time, ...) at once: an independent
+            # draw per step, as a step-by-step loop gives.
+            return inner(inputs)
+        raise ValueError(
+            f"TimeDistributed '{self.name}' wraps '{inner.name}' ({type(inner).__name__}), "
+            "which samples, over an unknown number of time steps: Keras then maps it "
+            "with vectorized_map, which would draw one mask for all steps. Give the "
+            "model's Input a fixed number of time steps."
+        )
+
+    return call
+
+
 internals.install_call_hooks(
+    time_distributed_call=_time_distributed_call,
     dropout_call=_dropout_call,
     rnn_call=_rnn_call,
     rnn_mask=_rnn_mask,

@@ -17,6 +17,9 @@ from keras import ops
 import keras_dropout as kd
 
 SEQ, FEATURES, ROWS = 5, 4, 6
+# The site tests check what samples, not the compiler: TF's graph compiles RNNs
+# in a fraction of XLA's time (masks are the same hash either way); JAX jits.
+JIT = "auto" if keras.backend.backend() == "jax" else False
 
 
 def _sequences(rows=ROWS, seed=0):
@@ -96,7 +99,7 @@ def _site_model(name, rate):
 @pytest.mark.parametrize("name", sorted(SITES))
 def test_a_model_whose_only_dropout_is_this_site_has_variance(name):
     model = _site_model(name, 0.4)
-    result = kd.predict_mc(model, _sequences(), num_samples=16, seed=0)["site"]
+    result = kd.predict_mc(model, _sequences(), num_samples=16, seed=0, jit_compile=JIT)["site"]
     assert result.variance.max() > 1e-6
     kinds = {site.kind for site in kd.stochastic_sites(model) if site.sampled}
     assert SITES[name][1] in kinds
@@ -106,7 +109,7 @@ def test_a_model_whose_only_dropout_is_this_site_has_variance(name):
 def test_at_rate_zero_every_sample_is_the_deterministic_output(name):
     model = _site_model(name, 0.0)
     x = _sequences()
-    result = kd.predict_mc(model, x, num_samples=4, seed=0, return_samples=True)["site"]
+    result = kd.predict_mc(model, x, 4, seed=0, return_samples=True, jit_compile=JIT)["site"]
     deterministic = ops.convert_to_numpy(model(x)["site"])
     for s in range(4):
         np.testing.assert_allclose(result.samples[:, s], deterministic, rtol=1e-5, atol=1e-5)
@@ -118,7 +121,7 @@ def test_rnn_input_mask_is_held_over_time_steps_and_differs_between_samples():
     model = keras.Sequential([keras.Input((SEQ, FEATURES)), rnn])
     rnn.set_weights([np.eye(FEATURES), np.zeros((FEATURES, FEATURES)), np.zeros(FEATURES)])
     samples = kd.predict_mc(
-        model, np.ones((2, SEQ, FEATURES), "float32"), 32, seed=3, return_samples=True
+        model, np.ones((2, SEQ, FEATURES), "float32"), 32, seed=3, return_samples=True, jit_compile=JIT
     ).samples
     assert set(np.unique(samples.round(5))) <= {0.0, 2.0}
     np.testing.assert_array_equal(samples, np.repeat(samples[:, :, :1], SEQ, axis=2))
@@ -136,7 +139,7 @@ def test_rnn_recurrent_mask_is_held_over_time_steps_and_differs_between_samples(
     model = keras.Sequential([keras.Input((SEQ, FEATURES)), rnn])
     rnn.set_weights([np.full((FEATURES, FEATURES), 1.0 / FEATURES), np.eye(FEATURES), np.zeros(FEATURES)])
     samples = kd.predict_mc(
-        model, np.ones((2, SEQ, FEATURES), "float32"), 32, seed=4, return_samples=True
+        model, np.ones((2, SEQ, FEATURES), "float32"), 32, seed=4, return_samples=True, jit_compile=JIT
     ).samples
     kept = 2.0 ** np.arange(1, SEQ + 1) - 1
     for trajectory in samples.transpose(0, 1, 3, 2).reshape(-1, SEQ):
@@ -287,3 +290,53 @@ def test_outside_sampling_stock_sites_behave_exactly_as_keras_wrote_them():
     np.testing.assert_array_equal(ops.convert_to_numpy(model(x)["site"]), before)
     trained = [ops.convert_to_numpy(model(x, training=True)["site"]) for _ in range(2)]
     assert not np.allclose(trained[0], trained[1])  # Keras' own training dropout
+
+
+def test_conv_lstm_dropout_and_recurrent_dropout_sample():
+    model = keras.Sequential(
+        [
+            keras.Input((SEQ, 6, 2)),
+            keras.layers.ConvLSTM1D(3, 3, dropout=0.3, recurrent_dropout=0.3),
+            keras.layers.Flatten(),
+            keras.layers.Dense(1),
+        ]
+    )
+    assert {s.kind for s in kd.stochastic_sites(model) if s.sampled} == {"rnn_input", "rnn_recurrent"}
+    x = np.random.default_rng(0).normal(size=(3, SEQ, 6, 2)).astype("float32")
+    result = kd.predict_mc(model, x, 16, seed=0, jit_compile=JIT)
+    assert (result.variance > 0).all()
+
+
+def _unknown_steps_mc_sample(model, tmp_path):
+    """The exported `mc_sample`: its signature leaves the number of steps unknown."""
+    import tensorflow as tf
+
+    path = kd.serving.export(model, tmp_path / "td", num_samples=4)
+    signature = tf.saved_model.load(path).signatures["mc_sample"]
+    return lambda x, n, seed: signature(
+        **{model.inputs[0].name: tf.constant(x)}, num_samples=tf.constant(n), seed=tf.constant(seed, tf.int64)
+    )
+
+
+@pytest.mark.tf_only
+@pytest.mark.parametrize("dropout", [keras.layers.Dropout, kd.layers.MCDropout])
+def test_time_distributed_over_unknown_steps_draws_a_mask_per_step(dropout, tmp_path):
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("exports need TensorFlow")
+    model = keras.Sequential([keras.Input((None, FEATURES)), keras.layers.TimeDistributed(dropout(0.5))])
+    mc_sample = _unknown_steps_mc_sample(model, tmp_path)
+    x = np.ones((1, 2 * SEQ, FEATURES), "float32")
+    # Per step the variance is 1 for every element (x = 1, p = 0.5, scale 2);
+    # one mask reused over all steps would give every step the same mean.
+    means = mc_sample(x, 64, 3)["mean"].numpy()[0]
+    assert len({step.round(4).tobytes() for step in means}) == 2 * SEQ
+
+
+@pytest.mark.tf_only
+def test_time_distributed_over_unknown_steps_refuses_a_layer_it_cannot_sample_per_step(tmp_path):
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("exports need TensorFlow")
+    inner = keras.Sequential([keras.Input((FEATURES,)), keras.layers.Dense(3), keras.layers.Dropout(0.5)])
+    model = keras.Sequential([keras.Input((None, FEATURES)), keras.layers.TimeDistributed(inner)])
+    with pytest.raises(ValueError, match="fixed number of time steps"):
+        kd.serving.export(model, tmp_path / "td", num_samples=4)

@@ -167,4 +167,10 @@ def mobilenet_v3_small(dropout_rate=0.2):
         include_preprocessing=True,
         dropout_rate=dropout_rate,
     )
+    # With random weights the features collapse to ~1e-11 before the head, so
+    # its dropout would change nothing; a random bias on the last feature
+    # convolution gives the head something to drop.
+    head = model.get_layer("conv_2")
+    kernel, bias = head.get_weights()
+    head.set_weights([kernel, np.random.default_rng(0).normal(size=bias.shape).astype("float32")])
     return model, _image_inputs()

@@ -3,9 +3,8 @@
 import os
 
 import tensorflow as tf
-from tensorflow.python.framework import op_def_registry
-from tensorflow.python.saved_model import loader_impl
 
+from keras_dropout import _keras_internals
 from keras_dropout.serving.warmup import WARMUP_FILE
 from keras_dropout.serving.warmup import read_warmup_requests
 
@@ -92,7 +91,7 @@ def _graph_problems(meta_graph):
                     f"{where}: op {op} writes a variable (races between concurrent "
                     "requests, lost on reload)"
                 )
-            elif op not in library and op_def_registry.get(op) is None:
+            elif op not in library and not _keras_internals.is_registered_tf_op(op):
                 problems.append(f"{where}: op {op} is not a core TensorFlow op")
     return problems
 
@@ -179,7 +178,7 @@ def check(path, batching=False):
     """
     path = os.fspath(path)
     try:
-        saved_model = loader_impl.parse_saved_model(path)
+        saved_model = _keras_internals.parse_saved_model(path)
     except OSError as error:
         return [f"no SavedModel at {path}: {error}"]
     problems = []

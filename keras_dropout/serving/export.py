@@ -28,6 +28,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_dropout import _keras_internals
 from keras_dropout import uncertainty
 from keras_dropout.mc import _output_tasks
 from keras_dropout.mc import _samplable_model
@@ -40,6 +41,10 @@ SIGNATURE_NAMES = ("serving_default", "mc", "mc_sample")
 
 
 def _input_specs(model):
+    if not getattr(model, "inputs", None):
+        # A subclassed model, called once on one tensor: one input, "inputs".
+        shape = _keras_internals.called_input_shape(model)
+        return {"inputs": tf.TensorSpec((None,) + tuple(shape[1:]), model.input_dtype, name="inputs")}
     specs = {}
     for tensor in model.inputs:
         name = tensor.name
@@ -49,7 +54,9 @@ def _input_specs(model):
 
 def _call_inputs(model, inputs):
     """The model's call structure (tensor, list or dict) from named inputs."""
-    structure = getattr(model, "_inputs_struct", None)
+    if not getattr(model, "inputs", None):
+        return inputs["inputs"]
+    structure = _keras_internals.input_structure(model)
     if isinstance(structure, dict):
         # keras_hub tasks and backbones take a dict keyed like their inputs.
         return {key: inputs[tensor.name] for key, tensor in structure.items()}
@@ -147,11 +154,12 @@ def export(
             "Invalid value received for argument `version`. Expected a "
             f"non-negative integer. Received: version={version!r}"
         )
-    if not getattr(model, "inputs", None):
+    if not getattr(model, "inputs", None) and _keras_internals.called_input_shape(model) is None:
         raise ValueError(
             f"Cannot export model '{getattr(model, 'name', model)}': its inputs are unknown "
-            "(a subclassed model, or a Sequential model without an Input). Build it with "
-            "keras.Input so the signatures can name and shape their inputs."
+            "(a subclassed model never called on one input tensor, or a Sequential model "
+            "without an Input). Build it with keras.Input, or call it once on a batch, so "
+            "the signatures can name and shape their inputs."
         )
     _samplable_model(model)
     tasks = _output_tasks(model, task, from_logits)

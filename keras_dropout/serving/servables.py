@@ -34,10 +34,10 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 from google.protobuf import text_format
-from tensorflow.python.saved_model import loader_impl
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
+from keras_dropout import _keras_internals
 from keras_dropout.serving import tensors
 from keras_dropout.serving.errors import CODES, ServingError, from_tf_error
 from keras_dropout.serving.warmup import WARMUP_FILE, read_warmup_requests
@@ -331,7 +331,7 @@ def load_servable(name: str, version: int, path: str, *, warmup: bool = True) ->
             f"Could not find SavedModel .pb or .pbtxt at supplied export directory path: {path}",
         )
     try:
-        saved_model = loader_impl.parse_saved_model(path)
+        saved_model = _keras_internals.parse_saved_model(path)
     except Exception as error:  # OSError wrapping a protobuf DecodeError, mostly.
         raise ServingError("DATA_LOSS", f"Cannot read the SavedModel at {path}: {error}") from None
     meta_graph = next(
