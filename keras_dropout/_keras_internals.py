@@ -2,10 +2,10 @@
 
 Keras 3 has no public way to walk a functional graph with a custom call per
 layer, to list a layer's tracked sublayers, or to intercept the dropout that
-Keras' own layers apply inside `call`. Those uses are gathered here, checked
-once at import against the Keras versions we test (`TESTED_KERAS`), so that a
-change upstream fails here with a message naming it, not deep inside a
-user's `predict_mc` call.
+Keras' own layers apply inside `call`. Those uses are gathered here and resolved
+once at import, so that a Keras beyond the tested range (`TESTED_KERAS`, the
+versions the test suite runs) that renamed one fails here with a message
+naming it, not deep inside a user's `predict_mc` call.
 
 What is used:
 - `Layer._layers` (tracked sublayers) and `Layer._flatten_layers`;
@@ -69,6 +69,9 @@ def _resolve():
         (DropoutRNNCell, "_create_dropout_mask"),
         (RNN, "call"),
         (keras.layers.Attention, "_apply_scores"),
+        (keras.layers.TimeDistributed, "call"),
+        (keras.layers.SpatialDropout1D, "_get_noise_shape"),
+        (keras.Model, "_flatten_layers"),
     ):
         if not hasattr(owner, attribute):
             _fail(f"{owner.__name__}.{attribute}")

@@ -6,7 +6,6 @@ import os
 import sys
 
 
-
 def _export(args):
     import keras
 

@@ -74,6 +74,22 @@ def is_enabled():
     return _switch["enabled"]
 
 
+def is_enabled_in_this_thread():
+    """Whether the innermost `sampling()` context of this thread samples.
+
+    Keras' own layers (stock dropout, attention, RNN cells) follow the switch
+    only in the thread that entered it; keras-dropout layers follow it
+    everywhere (their state variable is process-wide).
+    """
+    stack = getattr(_scopes, "switch_stack", None)
+    return bool(stack) and stack[-1] and _switch["enabled"]
+
+
+def switch_seed():
+    """The base seed of the active `sampling()` context."""
+    return _switch["seed"] if _switch["seed"] is not None else 0
+
+
 def _set_switch(enabled, seed):
     with _lock:
         _switch["enabled"], _switch["seed"] = enabled, seed
@@ -126,9 +142,13 @@ def sampling(enabled=True, seed=None):
         _set_switch(True, seed if seed is not None else random.getrandbits(31))
     else:
         _set_enabled(False)
+    if not hasattr(_scopes, "switch_stack"):
+        _scopes.switch_stack = []
+    _scopes.switch_stack.append(bool(enabled))
     try:
         yield
     finally:
+        _scopes.switch_stack.pop()
         _set_enabled(previous[0])
         _switch["seed"] = previous[1]
 
@@ -152,6 +172,7 @@ class _SeedScope:
 
         Without ids (a plain `seed_scope`) the call seed itself.
         """
+        self.last_call_seed = seed
         if self.row_ids is None:
             return seed
         from keras import ops

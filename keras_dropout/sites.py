@@ -14,8 +14,10 @@ asks for it:
 - inside `deterministic_scope` (`serving_default`): their inference output,
   without touching Keras' seed generators (an RNN otherwise advances its
   seed generator on every call, even at inference);
-- inside `kd.sampling()`, in eager calls: Keras' own training-mode dropout of
-  those sites only (nothing else leaves inference mode);
+- inside `kd.sampling()`, in eager calls of the thread that entered it: the
+  same masks, seeded by the context's seed (nothing else leaves inference
+  mode); compiled code cannot read the switch for layers keras-dropout does
+  not own, so there they stay deterministic, with a warning;
 - otherwise: exactly Keras' own code path.
 
 RNN dropout is variational (Gal & Ghahramani 2016b), as Keras applies it in
@@ -31,6 +33,7 @@ nothing is copied. The private methods wrapped are listed in
 import dataclasses
 import warnings
 import weakref
+import zlib
 
 import keras
 from keras import ops
@@ -57,7 +60,8 @@ class StochasticSite:
         kind: "dropout", "spatial_dropout", "gaussian_dropout",
             "alpha_dropout", "gaussian_noise", "dropconnect", "concrete",
             "rnn_input", "rnn_recurrent" or "attention".
-        rate: the dropout rate (the `stddev` for "gaussian_noise").
+        rate: the dropout rate (the `stddev` for "gaussian_noise"; the table
+            heads it "rate/stddev").
         sampled: whether `predict_mc` and the MC signatures sample it.
         reason: why not, when `sampled` is False; else "".
         layer: the layer object (not shown when printed).
@@ -77,7 +81,7 @@ class StochasticSites(list):
     def __str__(self):
         if not self:
             return "(no dropout or noise anywhere in the model)"
-        rows = [("path", "kind", "rate", "sampled")] + [
+        rows = [("path", "kind", "rate/stddev", "sampled")] + [
             (
                 site.path,
                 site.kind,
@@ -99,18 +103,23 @@ class StochasticSites(list):
         return [site for site in self if site.sampled]
 
 
+def _spatial_sampler(layer, x, seed):
+    # Keras' spatial layers know their own channel axis (`data_format`).
+    return dropout_module.inverted_dropout(x, layer.rate, internals.spatial_noise_shape(layer, x), seed)
+
+
 # Keras' dropout-family layers: (kind, rate attribute, sampler(layer, x, seed)).
 _STOCK_LAYERS = {
     keras.layers.Dropout: (
         "dropout",
         "rate",
         lambda layer, x, seed: dropout_module.inverted_dropout(
-            x, layer.rate, dropout_module.concrete_noise_shape(layer.noise_shape, x), seed
+            x, layer.rate, *dropout_module.batch_shared_noise(layer.noise_shape, x, seed)
         ),
     ),
-    keras.layers.SpatialDropout1D: ("spatial_dropout", "rate", None),
-    keras.layers.SpatialDropout2D: ("spatial_dropout", "rate", None),
-    keras.layers.SpatialDropout3D: ("spatial_dropout", "rate", None),
+    keras.layers.SpatialDropout1D: ("spatial_dropout", "rate", _spatial_sampler),
+    keras.layers.SpatialDropout2D: ("spatial_dropout", "rate", _spatial_sampler),
+    keras.layers.SpatialDropout3D: ("spatial_dropout", "rate", _spatial_sampler),
     keras.layers.GaussianDropout: (
         "gaussian_dropout",
         "rate",
@@ -120,7 +129,7 @@ _STOCK_LAYERS = {
         "alpha_dropout",
         "rate",
         lambda layer, x, seed: alpha_module.alpha_dropout(
-            x, layer.rate, dropout_module.concrete_noise_shape(layer.noise_shape, x), seed
+            x, layer.rate, *dropout_module.batch_shared_noise(layer.noise_shape, x, seed)
         ),
     ),
     keras.layers.GaussianNoise: (
@@ -129,12 +138,6 @@ _STOCK_LAYERS = {
         lambda layer, x, seed: gaussian_noise_module.gaussian_noise(x, layer.stddev, seed),
     ),
 }
-
-
-def _spatial_sampler(layer, x, seed):
-    # Keras' spatial layers know their own channel axis (`data_format`).
-    return dropout_module.inverted_dropout(x, layer.rate, internals.spatial_noise_shape(layer, x), seed)
-
 
 _OWN_LAYERS = (
     (dropout_module.MCDropout, "dropout", "rate"),
@@ -145,6 +148,7 @@ _OWN_LAYERS = (
     (dropconnect_module.DropConnectDense, "dropconnect", "rate"),
     (concrete_module.ConcreteDropout, "concrete", "rate"),
 )
+_ELEMENTWISE_KINDS = ("dropout", "gaussian_dropout", "alpha_dropout", "gaussian_noise")
 
 # Keras' own cells use `training` for dropout and nothing else, so forcing
 # training=True in them samples their masks and changes nothing more.
@@ -157,7 +161,6 @@ _STOCK_CELLS = (
 _ATTENTION_LAYERS = (keras.layers.MultiHeadAttention,) + (
     (keras.layers.GroupQueryAttention,) if hasattr(keras.layers, "GroupQueryAttention") else ()
 )
-_DROPOUT_ATTRIBUTES = ("dropout", "recurrent_dropout", "attention_dropout", "dropout_rate", "rate")
 
 
 def _stock_entry(layer):
@@ -165,87 +168,99 @@ def _stock_entry(layer):
     for cls in type(layer).__mro__:
         if cls in _STOCK_LAYERS:
             kind, attribute, sampler = _STOCK_LAYERS[cls]
-            return cls, kind, attribute, sampler or _spatial_sampler
+            return cls, kind, attribute, sampler
     return None
 
 
-# Stock sites compiled while sampling was off: those compiled functions (an
-# earlier model.predict, a tf.function) can never sample them.
+def _call_is_ours(layer, method="call"):
+    """False for a subclass that overrides the hooked method: its own code runs."""
+    return internals.is_hooked(getattr(type(layer), method))
+
+
+# Stock sites compiled with sampling off, outside training: those compiled
+# functions (an earlier model.predict, a tf.function) can never sample them.
 _compiled_deterministic = weakref.WeakSet()
+# Per-layer call counters of eager sampling under kd.sampling(); reset on entry.
+_eager_counters = weakref.WeakKeyDictionary()
 
 
-def _warn_about_compiled_sites():
+def _on_sampling_entered():
+    _eager_counters.clear()
     names = sorted({layer.name for layer in list(_compiled_deterministic)})
+    _compiled_deterministic.clear()
     if names:
         warnings.warn(
             "kd.sampling(): the dropout of these layers, which Keras applies itself, "
-            "was compiled into functions while sampling was off (e.g. by an earlier "
-            "model.predict or tf.function); those compiled functions keep it "
+            "was compiled into inference functions while sampling was off (e.g. by an "
+            "earlier model.predict or tf.function); those compiled functions keep it "
             f"deterministic: {', '.join(names[:10])}{'...' if len(names) > 10 else ''}. "
             "Use kd.predict_mc(model, x), or call the model eagerly (model(x)).",
             stacklevel=4,
         )
 
 
-sampling.on_enable.append(_warn_about_compiled_sites)
+sampling.on_enable.append(_on_sampling_entered)
 
 
-def _mode(layer=None, tensor=None):
-    """"scoped", "deterministic", "switch" (kd.sampling()) or None (Keras' own)."""
+def _mode(layer=None, tensor=None, training=None):
+    """"scoped", "deterministic", "switch" (kd.sampling()) or None (Keras' own).
+
+    "switch" holds only in the thread that entered `kd.sampling()`: a stock
+    model used by another thread meanwhile keeps Keras' own behaviour.
+    """
     if internals.in_symbolic_scope():
         return None  # Keras inferring shapes
     scope = sampling.current_seed_scope()
     if scope is not None:
         return "deterministic" if scope.seed is None else "scoped"
-    if sampling.is_enabled():
-        return "switch"
-    if layer is not None and internals.is_traced(tensor):
+    if sampling.is_enabled_in_this_thread() and not training:
+        if not internals.is_traced(tensor):
+            return "switch"
+        _warn_compiled_switch(layer)
+        return None
+    if layer is not None and not training and internals.is_traced(tensor):
         _compiled_deterministic.add(layer)
     return None
 
 
-def _scoped_seed(layer):
-    scope = sampling.current_seed_scope()
-    return scope.row_seeds(scope.next_seed(layer))
-
-
-def _switch_samples(layer, tensor):
-    """Whether a stock site samples under `kd.sampling()` in this call.
-
-    In eager calls it does. Compiled code (model.predict, a tf.function)
-    cannot read the switch for layers keras-dropout does not own, and raising
-    there would leave Keras' JAX predict with its variables purged; so the
-    site stays deterministic in that function, with a warning naming it.
-    """
-    if not internals.is_traced(tensor):
-        return True
+def _warn_compiled_switch(layer):
+    # Compiled code cannot read the switch for layers keras-dropout does not
+    # own, and raising here would leave Keras' JAX predict with its variables
+    # purged: the site stays deterministic in that function, and says so.
+    if layer is None:
+        return
+    _compiled_deterministic.add(layer)
     warnings.warn(
         f"kd.sampling(): '{layer.name}' ({type(layer).__name__}) applies dropout itself "
         "and cannot sample inside a compiled function (model.predict, tf.function): it "
         "stays deterministic there, so those outputs leave its uncertainty out. Use "
         "kd.predict_mc(model, x) (every site samples, vectorized and seeded) or call "
         "the model eagerly inside kd.sampling() (model(x)).",
-        stacklevel=2,
+        stacklevel=3,
     )
-    return False
+
+
+def _site_seed(layer, mode):
+    """The seed of this call: per tiled row under `seed_scope`; under an eager
+    `kd.sampling(seed=...)`, the switch's seed, the layer and a call counter."""
+    if mode == "scoped":
+        scope = sampling.current_seed_scope()
+        return scope.row_seeds(scope.next_seed(layer))
+    count = _eager_counters.get(layer, 0)
+    _eager_counters[layer] = count + 1
+    return masks.make_seed(sampling.switch_seed(), zlib.crc32(layer.name.encode()), count)
 
 
 def _dropout_call(original):
     def call(self, inputs, *args, **kwargs):
-        entry = _stock_entry(self)
-        attribute, sampler = entry[2], entry[3]
+        attribute, sampler = _stock_entry(self)[2:]
         rate = getattr(self, attribute)
-        mode = _mode(self if rate > 0 else None, inputs)
-        if mode is None:
+        mode = _mode(self if rate > 0 else None, inputs, kwargs.get("training"))
+        if mode is None or not _call_is_ours(self):
             return original(self, inputs, *args, **kwargs)
         if not rate > 0 or mode == "deterministic":
             return inputs
-        if mode == "switch":
-            if not _switch_samples(self, inputs):
-                return original(self, inputs, *args, **kwargs)
-            kwargs["training"] = True
-            return original(self, inputs, **kwargs)
-        return sampler(self, inputs, _scoped_seed(self))
+        return sampler(self, inputs, _site_seed(self, mode))
 
     return call
 
@@ -264,17 +279,25 @@ def _rnn_has_dropout(rnn):
     )
 
 
-def _rnn_can_sample(rnn):
-    return all(type(cell) in _STOCK_CELLS for cell in _cells(rnn.cell))
+def _rnn_obstacle(rnn):
+    """Why the dropout of `rnn`'s cells cannot be sampled, or None."""
+    if rnn.stateful:
+        return f"RNN layer '{rnn.name}' is stateful (its state would be written)"
+    custom = [type(cell).__name__ for cell in _cells(rnn.cell) if type(cell) not in _STOCK_CELLS]
+    if custom:
+        return (
+            f"its RNN layer '{rnn.name}' runs custom cells ({', '.join(custom)}): "
+            "training=True is only forced in Keras' own cells"
+        )
+    return None
 
 
 def _rnn_call(original):
     def call(self, sequences, *args, **kwargs):
         has_dropout = _rnn_has_dropout(self)
-        mode = _mode(self if has_dropout else None, sequences)
-        if mode in ("scoped", "switch") and has_dropout and _rnn_can_sample(self):
-            if mode == "scoped" or _switch_samples(self, sequences):
-                kwargs["training"] = True
+        mode = _mode(self if has_dropout else None, sequences, kwargs.get("training"))
+        if mode in ("scoped", "switch") and has_dropout and _rnn_obstacle(self) is None:
+            kwargs["training"] = True
         return original(self, sequences, *args, **kwargs)
 
     return call
@@ -282,8 +305,8 @@ def _rnn_call(original):
 
 def _rnn_mask(original):
     def create_mask(self, step_input, dropout_rate):
-        mode = _mode()
-        if mode not in ("scoped", "deterministic"):
+        mode = _mode(None, step_input)
+        if mode is None:
             return original(self, step_input, dropout_rate)
         count = getattr(self, "dropout_mask_count", None)
         if mode == "deterministic":
@@ -291,7 +314,7 @@ def _rnn_mask(original):
             # ones instead of a draw that would advance the seed generator.
             ones = ops.ones_like(step_input)
             return ones if count is None else [ones] * count
-        seed = _scoped_seed(self)
+        seed = _site_seed(self, mode)
         scale = 1.0 / (1.0 - dropout_rate)
 
         def one_mask(index):
@@ -306,25 +329,15 @@ def _rnn_mask(original):
 
 def _attention_scores(original):
     def apply_scores(self, scores, value, scores_mask=None, training=False):
-        mode = _mode(self if self.dropout > 0 else None, scores)
-        if mode is None or not self.dropout > 0:
+        mode = _mode(self if self.dropout > 0 else None, scores, training)
+        if mode is None or not self.dropout > 0 or not _call_is_ours(self, "_apply_scores"):
             return original(self, scores, value, scores_mask=scores_mask, training=training)
-        if mode == "deterministic":
-            return original(self, scores, value, scores_mask=scores_mask, training=False)
-        if mode == "switch":
-            sample = _switch_samples(self, scores)
-            return original(self, scores, value, scores_mask=scores_mask, training=sample or training)
-        # Keras' Attention._apply_scores, with the dropout drawn from our masks.
-        if scores_mask is not None:
-            padding_mask = ops.logical_not(scores_mask)
-            max_value = 65504.0 if scores.dtype == "float16" else 1.0e9
-            if len(padding_mask.shape) == 2:
-                padding_mask = ops.expand_dims(padding_mask, axis=-2)
-            scores = ops.where(padding_mask, scores - max_value, scores)
-        weights = ops.softmax(scores, axis=-1)
-        weights = dropout_module.inverted_dropout(
-            weights, self.dropout, ops.shape(weights), _scoped_seed(self)
-        )
+        # Keras' own masking and softmax; only the dropout is ours.
+        _, weights = original(self, scores, value, scores_mask=scores_mask, training=False)
+        if mode != "deterministic":
+            weights = dropout_module.inverted_dropout(
+                weights, self.dropout, ops.shape(weights), _site_seed(self, mode)
+            )
         return ops.matmul(weights, value), weights
 
     return apply_scores
@@ -337,10 +350,12 @@ def _time_distributed_call(original):
         # With an unknown number of steps Keras maps the layer over time with
         # vectorized_map, which would reuse one mask for every step.
         inner = self.layer
-        elementwise = getattr(inner, "noise_shape", None) is None and (
-            _stock_entry(inner) is not None
-            or isinstance(inner, (dropout_module.MCDropout, gaussian_dropout_module.MCGaussianDropout,
-                                  gaussian_noise_module.MCGaussianNoise, alpha_module.MCAlphaDropout))
+        sites = stochastic_sites(inner)
+        elementwise = (
+            len(sites) == 1
+            and sites[0].layer is inner
+            and sites[0].kind in _ELEMENTWISE_KINDS
+            and getattr(inner, "noise_shape", None) is None
         )
         if elementwise:
             # Elementwise noise on (batch, time, ...) at once: an independent
@@ -391,7 +406,10 @@ def _layer_sites(layer, path, parent, rnn):
             return [StochasticSite(path, kind, rate, False, reason, layer)]
         return [StochasticSite(path, kind, rate, rate > 0, "" if rate > 0 else f"{attribute} is 0", layer)]
     if isinstance(layer, keras.layers.Attention) and layer.dropout > 0:
-        return [StochasticSite(path, "attention", float(layer.dropout), True, "", layer)]
+        reason = "" if _call_is_ours(layer, "_apply_scores") else (
+            f"{type(layer).__name__} overrides Attention._apply_scores()"
+        )
+        return [StochasticSite(path, "attention", float(layer.dropout), not reason, reason, layer)]
     if isinstance(layer, internals.DropoutRNNCell):
         sites = []
         for kind, attribute in (("rnn_input", "dropout"), ("rnn_recurrent", "recurrent_dropout")):
@@ -405,20 +423,27 @@ def _layer_sites(layer, path, parent, rnn):
                     )
                 elif rnn is None:
                     reason = "the cell is not run by a keras RNN layer"
-                elif not _rnn_can_sample(rnn):
-                    reason = f"its RNN layer '{rnn.name}' also runs custom cells"
+                else:
+                    reason = _rnn_obstacle(rnn) or ""
                 sites.append(StochasticSite(path, kind, rate, not reason, reason, layer))
         return sites
     return []
 
 
 def _undetected_dropout(layer, path):
-    """A site for a layer with a dropout rate but no dropout keras-dropout knows."""
-    for attribute in _DROPOUT_ATTRIBUTES:
-        value = getattr(layer, attribute, None)
+    """A site for a layer with a dropout rate but no dropout keras-dropout knows.
+
+    Any attribute whose name contains "drop" (`dropout`, `drop_path_rate`,
+    `drop_prob`, ...) holding a rate in (0, 1) counts: stochastic depth and
+    custom dropout are named instead of skipped silently.
+    """
+    for attribute, value in sorted(vars(layer).items()):
+        if "drop" not in attribute.lower():
+            continue
         if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1:
+            name = attribute.lstrip("_")
             reason = (
-                f"{type(layer).__name__} applies its {attribute}={value:g} itself, "
+                f"{type(layer).__name__} applies its {name}={value:g} itself, "
                 "not through a keras.layers.Dropout, so it cannot be sampled"
             )
             return StochasticSite(path, "dropout", float(value), False, reason, layer)

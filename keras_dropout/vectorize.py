@@ -6,7 +6,7 @@ its own masks and no variable is written.
 
 Prefix reuse: in Sequential and functional models (nested ones included)
 the graph is walked node by node and a tensor is tiled only when it first
-reaches a keras-dropout layer or meets an already tiled tensor. Everything
+reaches a stochastic layer or meets an already tiled tensor. Everything
 upstream of the first stochastic layer therefore runs once on the B rows,
 not on B x S. Subclassed models have no graph to walk and are tiled whole.
 
@@ -86,13 +86,14 @@ def sample_outputs(model, inputs, seed, num_samples, row_ids=None, sample_ids=No
     """Runs `num_samples` sampled forward passes of `model` on `inputs`.
 
     Args:
-        model: a Keras model holding keras-dropout layers.
+        model: a Keras model with at least one sampled site.
         inputs: the model's inputs for B rows (tensor, list or dict).
         seed: a `uint32` seed tensor of shape `(2,)`.
         num_samples: S, a Python int (or a scalar tensor in signatures).
-        row_ids, sample_ids: optional global indices of the rows `(B,)` and
-            samples `(S,)`; with them every row's masks depend on (seed, row,
-            sample) only, not on the chunk it is computed in.
+        row_ids, sample_ids: optional ids of the rows, `(B, 2)` uint32 (low
+            and high words), and global indices of the samples `(S,)`; with
+            them every row's masks depend on (seed, row id, sample) only, not
+            on the chunk it is computed in.
 
     Returns:
         The model's outputs (same structure), each shaped `(B, S, ...)`.

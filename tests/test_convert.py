@@ -139,7 +139,7 @@ def test_original_stock_model_warns_that_compiled_code_cannot_sample_it():
 def test_entering_sampling_warns_about_stock_sites_compiled_before():
     original, x = _mixed_model(), _x()
     original.predict(x, verbose=0)
-    with pytest.warns(UserWarning, match="(?s)compiled into functions while sampling was off.*dropout"):
+    with pytest.warns(UserWarning, match="(?s)compiled into inference functions while sampling was off.*dropout"):
         with kd.sampling(seed=0):
             pass
 

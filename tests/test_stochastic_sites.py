@@ -340,3 +340,117 @@ def test_time_distributed_over_unknown_steps_refuses_a_layer_it_cannot_sample_pe
     model = keras.Sequential([keras.Input((None, FEATURES)), keras.layers.TimeDistributed(inner)])
     with pytest.raises(ValueError, match="fixed number of time steps"):
         kd.serving.export(model, tmp_path / "td", num_samples=4)
+    spatial = keras.layers.TimeDistributed(keras.layers.SpatialDropout1D(0.5))
+    model = keras.Sequential([keras.Input((None, 3, FEATURES)), spatial])
+    with pytest.raises(ValueError, match="fixed number of time steps"):
+        kd.serving.export(model, tmp_path / "td", num_samples=4)
+
+
+@pytest.mark.parametrize("dropout", [keras.layers.Dropout, kd.layers.MCDropout], ids=["stock", "ours"])
+def test_a_batch_shared_noise_shape_shares_the_mask_across_rows_not_samples(dropout):
+    model = keras.Sequential([keras.Input((FEATURES,)), dropout(0.5, noise_shape=(1, FEATURES))])
+    samples = kd.predict_mc(
+        model, np.ones((3, FEATURES), "float32"), 64, seed=0, return_samples=True, jit_compile=JIT
+    ).samples
+    assert samples.var(axis=1).min() > 0.3  # per element: 4 p (1 - p) = 1
+    np.testing.assert_array_equal(samples[0], samples[1])  # one mask for the rows of a sample
+    np.testing.assert_array_equal(samples[0], samples[2])
+
+
+def test_a_dropout_subclass_overriding_call_is_named_and_left_deterministic():
+    class LoggedDropout(keras.layers.Dropout):
+        def call(self, inputs, training=False):
+            return super().call(inputs, training=training)
+
+    inputs = keras.Input((FEATURES,))
+    hidden = LoggedDropout(0.5, name="logged")(keras.layers.Dense(FEATURES)(inputs))
+    model = keras.Model(inputs, kd.layers.MCGaussianNoise(0.1)(hidden))
+    logged = [s for s in kd.stochastic_sites(model) if s.path == "logged"]
+    assert logged and not logged[0].sampled and "overrides" in logged[0].reason
+    x = np.ones((3, FEATURES), "float32")
+    with pytest.warns(UserWarning, match="logged"):
+        result = kd.predict_mc(model, x, 400, seed=0, jit_compile=JIT)
+    deterministic = ops.convert_to_numpy(model(x))
+    np.testing.assert_allclose(result.mean, deterministic, atol=0.05)
+    np.testing.assert_allclose(result.variance, 0.01, rtol=0.3)  # the noise layer's alone
+
+
+def test_a_stochastic_depth_rate_is_named_not_skipped_silently():
+    class DropPath(keras.layers.Layer):
+        def __init__(self, drop_path_rate, **kwargs):
+            super().__init__(**kwargs)
+            self.drop_path_rate = drop_path_rate
+
+        def call(self, x, training=False):
+            return x
+
+    inputs = keras.Input((FEATURES,))
+    model = keras.Model(inputs, kd.layers.MCDropout(0.1)(DropPath(0.2, name="drop_path")(inputs)))
+    site = [s for s in kd.stochastic_sites(model) if s.path == "drop_path"]
+    assert site and not site[0].sampled and site[0].rate == pytest.approx(0.2)
+    assert "drop_path_rate" in site[0].reason
+
+
+@pytest.mark.parametrize(
+    "layer,variance",
+    [
+        (keras.layers.GaussianNoise(0.5), 0.25),
+        (keras.layers.GaussianDropout(0.2), 0.25),  # x^2 rate / (1 - rate), x = 1
+        (keras.layers.Dropout(0.2), 0.25),  # x^2 rate / (1 - rate)
+    ],
+    ids=["gaussian_noise", "gaussian_dropout", "dropout"],
+)
+def test_stock_noise_layers_sample_with_their_training_statistics(layer, variance):
+    model = keras.Sequential([keras.Input((256,)), layer])
+    result = kd.predict_mc(model, np.ones((2, 256), "float32"), 200, seed=0, jit_compile=JIT)
+    # 512 x 200 draws: the pooled mean and variance are within 3% of theory.
+    assert abs(result.mean.mean() - 1.0) < 0.02
+    assert abs(result.variance.mean() / variance - 1.0) < 0.05
+
+
+def test_stock_spatial_dropout_channels_first_drops_whole_channels():
+    model = keras.Sequential(
+        [keras.Input((3, 4, 4)), keras.layers.SpatialDropout2D(0.5, data_format="channels_first")]
+    )
+    samples = kd.predict_mc(
+        model, np.ones((2, 3, 4, 4), "float32"), 32, seed=0, return_samples=True, jit_compile=JIT
+    ).samples
+    per_channel = samples.reshape(2, 32, 3, 16)
+    assert (per_channel.min(axis=-1) == per_channel.max(axis=-1)).all()  # a channel is kept or dropped whole
+    assert set(np.unique(per_channel)) == {0.0, 2.0}
+
+
+def test_kd_sampling_with_a_seed_makes_stock_sites_reproducible_in_eager_calls():
+    model = _site_model("lstm_dropout", 0.4)
+    x = _sequences()
+    draws = []
+    for _ in range(2):
+        with kd.sampling(seed=11):
+            draws.append([ops.convert_to_numpy(model(x)["site"]) for _ in range(2)])
+    np.testing.assert_array_equal(draws[0][0], draws[1][0])
+    np.testing.assert_array_equal(draws[0][1], draws[1][1])
+    assert not np.allclose(draws[0][0], draws[0][1])
+
+
+def test_kd_sampling_in_one_thread_leaves_stock_models_in_other_threads_alone():
+    import threading
+
+    model = _site_model("multi_head_attention", 0.5)
+    x = _sequences()
+    deterministic = ops.convert_to_numpy(model(x)["site"])
+    entered, release, seen = threading.Event(), threading.Event(), {}
+
+    def hold_sampling():
+        with kd.sampling(seed=0):
+            entered.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold_sampling)
+    holder.start()
+    entered.wait(30)
+    try:
+        seen["other"] = ops.convert_to_numpy(model(x)["site"])
+    finally:
+        release.set()
+        holder.join()
+    np.testing.assert_array_equal(seen["other"], deterministic)

@@ -4,7 +4,7 @@ import keras
 
 from keras_dropout import masks
 from keras_dropout.layers.dropout import check_noise_shape_fits
-from keras_dropout.layers.dropout import concrete_noise_shape
+from keras_dropout.layers.dropout import batch_shared_noise
 from keras_dropout.layers.dropout import validate_noise_shape
 from keras_dropout.layers.sampling_layer import SamplingLayer
 from keras_dropout.layers.sampling_layer import validate_rate
@@ -68,7 +68,8 @@ class MCAlphaDropout(SamplingLayer):
         check_noise_shape_fits(self.noise_shape, input_shape)
 
     def sampled_call(self, inputs, seed):
-        return alpha_dropout(inputs, self.rate, concrete_noise_shape(self.noise_shape, inputs), seed)
+        shape, seed = batch_shared_noise(self.noise_shape, inputs, seed)
+        return alpha_dropout(inputs, self.rate, shape, seed)
 
     def get_config(self):
         base_config = super().get_config()

@@ -6,6 +6,7 @@ from keras import ops
 from keras_dropout import masks
 from keras_dropout.layers.sampling_layer import SamplingLayer
 from keras_dropout.layers.sampling_layer import validate_rate
+from keras_dropout.sampling import current_seed_scope
 
 
 def validate_noise_shape(noise_shape):
@@ -63,6 +64,31 @@ def concrete_noise_shape(noise_shape, inputs):
         input_dim if noise_dim is None else noise_dim
         for noise_dim, input_dim in zip(noise_shape, input_shape)
     )
+
+
+def batch_shared_noise(noise_shape, inputs, seed):
+    """`(concrete noise shape, seed)` for a mask drawn under `seed_scope`.
+
+    A `noise_shape` whose batch dimension is 1 shares one mask across the
+    rows of a call. Under `predict_mc` the batch holds S samples of each row,
+    and sharing one mask across all of them would make every sample equal:
+    the mask is then drawn per Monte Carlo sample and shared by the rows.
+    """
+    shape = concrete_noise_shape(noise_shape, inputs)
+    scope = current_seed_scope()
+    seed = ops.convert_to_tensor(seed)
+    if (
+        noise_shape is None
+        or noise_shape[0] != 1
+        or scope is None
+        or scope.sample_ids is None
+        or len(seed.shape) != 2
+    ):
+        return shape, seed
+    batch = ops.shape(inputs)[0]
+    per_sample = scope.sample_seeds(scope.last_call_seed)  # (S, 2)
+    rows = batch // ops.shape(per_sample)[0]
+    return (batch,) + tuple(shape[1:]), ops.tile(per_sample, (rows, 1))  # row-major tiling
 
 
 def inverted_dropout(inputs, rate, noise_shape, seed):
@@ -125,7 +151,8 @@ class MCDropout(SamplingLayer):
         check_noise_shape_fits(self.noise_shape, input_shape)
 
     def sampled_call(self, inputs, seed):
-        return inverted_dropout(inputs, self.rate, concrete_noise_shape(self.noise_shape, inputs), seed)
+        shape, seed = batch_shared_noise(self.noise_shape, inputs, seed)
+        return inverted_dropout(inputs, self.rate, shape, seed)
 
     def get_config(self):
         base_config = super().get_config()

@@ -45,6 +45,13 @@ def _input_specs(model):
         # A subclassed model, called once on one tensor: one input, "inputs".
         shape = _keras_internals.called_input_shape(model)
         return {"inputs": tf.TensorSpec((None,) + tuple(shape[1:]), model.input_dtype, name="inputs")}
+    structure = _keras_internals.input_structure(model)
+    if isinstance(structure, dict):
+        # Named by the keys the model is called with, as predict_mc takes them.
+        return {
+            key: tf.TensorSpec((None,) + tuple(tensor.shape[1:]), tensor.dtype, name=key)
+            for key, tensor in structure.items()
+        }
     specs = {}
     for tensor in model.inputs:
         name = tensor.name
@@ -59,7 +66,7 @@ def _call_inputs(model, inputs):
     structure = _keras_internals.input_structure(model)
     if isinstance(structure, dict):
         # keras_hub tasks and backbones take a dict keyed like their inputs.
-        return {key: inputs[tensor.name] for key, tensor in structure.items()}
+        return {key: inputs[key] for key in structure}
     names = [tensor.name for tensor in model.inputs]
     if len(names) == 1:
         return inputs[names[0]]
@@ -105,8 +112,10 @@ def export(
     not atomic; export locally and upload the finished folder instead.
 
     Args:
-        model: a Keras model (TensorFlow backend) with keras-dropout or stock
-            dropout layers (stock ones are converted, weights shared).
+        model: any Keras model `predict_mc` accepts (TensorFlow backend):
+            single, list or dict inputs (signature inputs named after the
+            input tensors, or after the dict keys), string inputs, RNNs, and
+            subclassed models that were called once on one tensor ("inputs").
         base_path: the model's base directory (created if missing).
         version: integer version; default 1 for the first export, then the
             largest existing version + 1.
