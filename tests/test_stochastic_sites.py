@@ -175,13 +175,14 @@ def test_subclassed_model_rows_match_a_naive_sampled_loop(stock, rows, chunk_siz
     x = (np.random.default_rng(2).normal(size=(rows, 3)) * np.arange(1, rows + 1)[:, None]).astype(
         "float32"
     )
-    num_samples = 400
+    num_samples = 200
     result = kd.predict_mc(model, x, num_samples, seed=0, chunk_size=chunk_size)
     naive_mean, naive_var = _naive_moments(model, x, num_samples, seed=1)
     standard_error = np.sqrt((result.variance + naive_var) / num_samples) + 1e-6
     assert (np.abs(result.mean - naive_mean) < 6 * standard_error).all()
-    # Variances agree within their own sampling error (chi-square, S = 400).
-    np.testing.assert_allclose(result.variance, naive_var, rtol=0.45, atol=1e-6)
+    # Variances agree within their own sampling error (relative standard
+    # error of the ratio about 0.14 at S = 200; 0.5 is beyond 3.5 of them).
+    np.testing.assert_allclose(result.variance, naive_var, rtol=0.5, atol=1e-6)
     assert (result.variance > 0).all()
 
 
