@@ -2,6 +2,7 @@
 
 import math
 import numbers
+import threading
 import warnings
 import weakref
 
@@ -482,6 +483,9 @@ def _xla_obstacle(model):
     for layer in internals.flatten_layers(model):
         if isinstance(layer, _UNCOMPILABLE_LAYERS):
             return f"{type(layer).__name__} layer '{layer.name}'"
+        if getattr(layer, "supports_jit", True) is False:
+            # Keras' own flag, e.g. an LSTM/GRU that runs cuDNN kernels on a GPU.
+            return f"{type(layer).__name__} layer '{layer.name}' does not support XLA"
     return None
 
 
@@ -528,7 +532,20 @@ def sample_chunk(model, inputs, seed_words, row_words, num_samples):
     )
 
 
+# Tracing runs Keras layers in Python, and Keras' RNN layers cache their
+# dropout masks on the cell object while they are traced: two threads tracing
+# the same model at once (predict_mc beside predict_mc or an export) would
+# race on that cache. Calls are serialised; TensorFlow and XLA still use every
+# core inside each call.
+TRACE_LOCK = threading.RLock()
+
+
 def _run_sampler(model, use_xla, inputs, seed_words, row_words, num_samples):
+    with TRACE_LOCK:
+        return _run_sampler_unlocked(model, use_xla, inputs, seed_words, row_words, num_samples)
+
+
+def _run_sampler_unlocked(model, use_xla, inputs, seed_words, row_words, num_samples):
     """Calls the compiled sampler; falls back to the graph once if XLA fails."""
     sample_fn = _compiled_sampler(model, use_xla)
     if not use_xla or model in _xla_refused or keras.backend.backend() != "tensorflow":

@@ -455,3 +455,20 @@ def test_kd_sampling_in_one_thread_leaves_stock_models_in_other_threads_alone():
         release.set()
         holder.join()
     np.testing.assert_array_equal(seen["other"], deterministic)
+
+
+def test_outside_sampling_the_hooks_return_exactly_what_keras_own_code_returns():
+    from keras_dropout import _keras_internals as internals
+
+    x = np.random.default_rng(0).normal(size=(4, 16)).astype("float32")
+    for cls in (keras.layers.Dropout, keras.layers.GaussianDropout, keras.layers.GaussianNoise):
+        hooked, unhooked = cls(0.3, seed=5), cls(0.3, seed=5)
+        original = internals._installed[(cls, "call")]
+        for training in (True, False):
+            # Same draws; JAX may fuse the layer's ops differently (1 ulp).
+            np.testing.assert_allclose(
+                ops.convert_to_numpy(hooked(x, training=training)),
+                ops.convert_to_numpy(original(unhooked, x, training=training)),
+                rtol=1e-6,
+                atol=1e-7,
+            )

@@ -33,6 +33,7 @@ from keras_dropout import uncertainty
 from keras_dropout.mc import _output_tasks
 from keras_dropout.mc import _samplable_model
 from keras_dropout.mc import output_names
+from keras_dropout.mc import TRACE_LOCK
 from keras_dropout.mc import sample_chunk
 from keras_dropout.sampling import deterministic_scope
 from keras_dropout.serving.warmup import write_warmup_requests
@@ -222,6 +223,13 @@ def export(
         samples = tf.cond(count > 0, sampled, single_pass)
         return _named_statistics(model, samples, tasks, from_logits)
 
+    with TRACE_LOCK:  # see keras_dropout.mc.TRACE_LOCK
+        return _write_export(
+            model, base_path, version, specs, deterministic, mc, mc_sample, batching, warmup
+        )
+
+
+def _write_export(model, base_path, version, specs, deterministic, mc, mc_sample, batching, warmup):
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint("serving_default", deterministic, input_signature=[specs])
