@@ -35,11 +35,6 @@ def _all_layers(model):
     return _keras_internals.flatten_layers(model)
 
 
-def has_stock_dropout(model):
-    """Whether `model` holds a stock Keras layer that `convert` would swap."""
-    return any(_counterpart(layer) is not None for layer in _all_layers(model))
-
-
 def _swap(layer):
     counterpart = _counterpart(layer)
     if counterpart is None:
