@@ -345,12 +345,14 @@ def _attention_scores(original):
 
 def _time_distributed_call(original):
     def call(self, inputs, *args, **kwargs):
-        if _mode() != "scoped" or inputs.shape[1] is not None or not has_sampled_site(self.layer):
+        if _mode() != "scoped" or inputs.shape[1] is not None:
+            return original(self, inputs, *args, **kwargs)
+        inner = self.layer
+        sites = stochastic_sites(inner)
+        if not sites.sampled:
             return original(self, inputs, *args, **kwargs)
         # With an unknown number of steps Keras maps the layer over time with
         # vectorized_map, which would reuse one mask for every step.
-        inner = self.layer
-        sites = stochastic_sites(inner)
         elementwise = (
             len(sites) == 1
             and sites[0].layer is inner
