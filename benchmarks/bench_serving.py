@@ -12,6 +12,12 @@ Exports a small Keras model (Dense -> BatchNormalization -> MCDropout -> Dense) 
 2. Side by side: one client alternates an in-process call of the loaded signature
    (`tf.saved_model.load(path).signatures["mc"](x=...)`) with the same call served over gRPC and
    over REST, `--side-by-side` times each, and reports the served / in-process latency ratio.
+3. Batching: `--batching-clients` (16) gRPC clients each send `--batching-requests` 1-row `mc`
+   requests to a server without and then (alone on the machine) one with `--enable_batching`
+   (`--batching_parameters_file`: max_batch_size = the client count, a 2 ms batch timeout).
+   Reports throughput and p50 / p99 of both and their ratio. The model of this part passes its
+   input through beside the dropout path, so every answer's `mean` holds the row sent: each
+   client checks that it got exactly its own row back (a row is (client, request, 1, 2)).
 
 The server runs in a subprocess (`keras-dropout serve`, as deployed) unless `--server=thread`,
 which runs it in this interpreter, sharing the GIL with the clients. Clients, server and
@@ -20,6 +26,7 @@ TensorFlow share the machine's cores: on a small machine the numbers measure con
 Usage:
     python benchmarks/bench_serving.py
     python benchmarks/bench_serving.py --clients 16 --requests 500 --rows 8 --server thread
+    python benchmarks/bench_serving.py --only-batching --batching-requests 100
 """
 
 import argparse
@@ -65,19 +72,35 @@ def build_model(seed=1):
 # ----------------------------------------------------------------------------- servers
 
 
+def build_passthrough_model(seed=1):
+    """`concat([x, Dense(MCDropout(Dense(x)))])`: the mean's first columns are x exactly."""
+    import keras
+
+    import keras_dropout as kd
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((FEATURES,), name="x")
+    hidden = keras.layers.Dense(16, activation="relu", name="dense_in")(inputs)
+    hidden = kd.layers.MCDropout(0.3, name="dropout")(hidden)
+    outputs = keras.layers.Concatenate(name="y")([inputs, keras.layers.Dense(2)(hidden)])
+    return keras.Model(inputs, outputs, name="bench_batching")
+
+
+def _flags(base_path, extra_flags=()):
+    return [
+        "--port=0", "--rest_api_port=0", f"--model_name={MODEL}",
+        f"--model_base_path={base_path}", "--file_system_poll_wait_seconds=0", *extra_flags,
+    ]
+
+
 class ThreadServer:
     """The embedded server in this interpreter."""
 
-    def __init__(self, base_path):
-        from keras_dropout.serving import Server
+    def __init__(self, base_path, extra_flags=()):
+        from keras_dropout.serving.server import add_serve_arguments, server_from_args
 
-        self._server = Server(
-            model_name=MODEL,
-            model_base_path=base_path,
-            port=0,
-            rest_api_port=0,
-            file_system_poll_wait_seconds=0,
-        )
+        parser = add_serve_arguments(argparse.ArgumentParser())
+        self._server = server_from_args(parser.parse_args(_flags(base_path, extra_flags)))
         self._server.start()
         self.rest_url = self._server.rest_url
         self.grpc_target = self._server.grpc_target
@@ -89,11 +112,10 @@ class ThreadServer:
 class ProcessServer:
     """`keras-dropout serve` in a subprocess; its addresses read from its start-up lines."""
 
-    def __init__(self, base_path):
+    def __init__(self, base_path, extra_flags=()):
         command = [
             sys.executable, "-c", "from keras_dropout.cli import main; raise SystemExit(main())",
-            "serve", "--port=0", "--rest_api_port=0", f"--model_name={MODEL}",
-            f"--model_base_path={base_path}", "--file_system_poll_wait_seconds=0",
+            "serve", *_flags(base_path, extra_flags),
         ]
         self._log = tempfile.TemporaryFile()
         self._process = subprocess.Popen(
@@ -228,7 +250,101 @@ def side_by_side(server, path, calls, rows):
     return times
 
 
+def run_batching_load(server, clients, requests_per_client):
+    """Clients x N one-row `mc` requests over gRPC: (latencies, wrong answers, wall time).
+
+    Every client connects and warms up, then all start at once (a barrier; the wall time runs
+    from there) and check each answer's passthrough columns.
+    """
+    import keras_dropout as kd
+
+    latencies, wrong, lock = [], [], threading.Lock()
+    start = []
+    barrier = threading.Barrier(clients, action=lambda: start.append(time.perf_counter()))
+
+    def client_loop(client):
+        grpc_client = kd.serving.Client(grpc_target=server.grpc_target, model_name=MODEL)
+        try:
+            grpc_client.predict({"x": np.zeros((1, FEATURES), "float32")}, signature_name="mc")
+            barrier.wait()
+            for index in range(requests_per_client):
+                row = np.array([[client, index, 1, 2]], "float32")
+                started = time.perf_counter()
+                try:
+                    outputs = grpc_client.predict({"x": row}, signature_name="mc")
+                    own = np.array_equal(outputs["mean"][:, :FEATURES], row)
+                    error = None if own else f"client {client} got {outputs['mean'][0, :FEATURES]}"
+                except Exception as failure:  # counted, never stops the client
+                    error = f"{type(failure).__name__}: {failure}"
+                with lock:
+                    latencies.append(time.perf_counter() - started)
+                    if error:
+                        wrong.append(error)
+        finally:
+            grpc_client.close()
+
+    threads = [threading.Thread(target=client_loop, args=(c,)) for c in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return latencies, wrong, time.perf_counter() - start[0]
+
+
+def batching_comparison(workdir, args, server_class):
+    """Throughput of 1-row `mc` requests without and with `--enable_batching`, one after the other."""
+    import keras_dropout as kd
+
+    path = kd.serving.export(
+        build_passthrough_model(), os.path.join(workdir, "batching", MODEL),
+        num_samples=args.num_samples, batching=True,
+    )
+    parameters = os.path.join(workdir, "batching_parameters.txt")
+    with open(parameters, "w") as handle:
+        handle.write(
+            f"max_batch_size {{ value: {args.batching_clients} }}\n"
+            "batch_timeout_micros { value: 2000 }\n"
+            "num_batch_threads { value: 2 }\n"
+            "max_enqueued_batches { value: 1000 }\n"
+        )
+    results = {}
+    for name, flags in (
+        ("without batching", ()),
+        ("--enable_batching", ("--enable_batching", f"--batching_parameters_file={parameters}")),
+    ):
+        server = server_class(os.path.dirname(path), flags)
+        try:
+            results[name] = run_batching_load(server, args.batching_clients, args.batching_requests)
+        finally:
+            server.stop()
+    return results
+
+
 # ----------------------------------------------------------------------------- report
+
+
+def print_batching(results, args):
+    print(
+        f"\nBatching: {args.batching_clients} gRPC clients x {args.batching_requests} one-row mc "
+        f"requests (num_samples={args.num_samples}), server={args.server}\n"
+    )
+    header = f"{'server':<20} {'requests':>8} {'wrong':>6} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}"
+    print(header)
+    print("-" * len(header))
+    throughput = {}
+    for name, (latencies, wrong, elapsed) in results.items():
+        seconds = np.asarray(latencies)
+        throughput[name] = len(latencies) / elapsed
+        print(
+            f"{name:<20} {len(latencies):>8} {len(wrong):>6} {_ms(np.percentile(seconds, 50))} "
+            f"{_ms(np.percentile(seconds, 99))} {throughput[name]:8.1f}"
+        )
+    ratio = throughput["--enable_batching"] / throughput["without batching"]
+    print(f"\nthroughput with / without batching: {ratio:.2f}x (goal >= 3x)")
+    for name, (_, wrong, _) in results.items():
+        if wrong:
+            print(f"{name}: {len(wrong)} wrong or failed answers; first: {wrong[0]}")
+    return ratio
 
 
 def _ms(seconds):
@@ -312,26 +428,49 @@ def main(argv=None):
         "--server", choices=("process", "thread"), default="process",
         help="run the server in a subprocess (default) or in this interpreter",
     )
+    parser.add_argument(
+        "--batching-clients", type=int, default=16,
+        help="concurrent clients of the batching comparison (default 16)",
+    )
+    parser.add_argument(
+        "--batching-requests", type=int, default=100,
+        help="one-row mc requests per client in the batching comparison; 0 skips it (default 100)",
+    )
+    parser.add_argument(
+        "--only-batching", action="store_true", help="run only the batching comparison"
+    )
     args = parser.parse_args(argv)
-    for name in ("clients", "requests", "rows", "num_samples"):
+    for name in ("clients", "requests", "rows", "num_samples", "batching_clients"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
 
     import keras_dropout as kd
 
     workdir = tempfile.mkdtemp(prefix="bench-serving-")
+    server_class = ProcessServer if args.server == "process" else ThreadServer
     server = None
     try:
+        if args.only_batching:
+            results = batching_comparison(workdir, args, server_class)
+            print_batching(results, args)
+            return 1 if any(wrong for _, wrong, _ in results.values()) else 0
         path = kd.serving.export(
             build_model(), os.path.join(workdir, MODEL), num_samples=args.num_samples,
             max_samples=max(1024, args.num_samples),
         )
-        server = (ProcessServer if args.server == "process" else ThreadServer)(os.path.dirname(path))
+        server = server_class(os.path.dirname(path))
         records, elapsed = run_load(server, args.clients, args.requests, args.rows, args.num_samples)
         print_load(records, elapsed, args)
         if args.side_by_side > 0:
             print_side_by_side(side_by_side(server, path, args.side_by_side, args.rows), records, args)
-        return 1 if any(r[3] for r in records) else 0
+        server.stop()
+        server = None
+        failed = any(r[3] for r in records)
+        if args.batching_requests > 0:
+            results = batching_comparison(workdir, args, server_class)
+            print_batching(results, args)
+            failed = failed or any(wrong for _, wrong, _ in results.values())
+        return 1 if failed else 0
     finally:
         if server is not None:
             server.stop()

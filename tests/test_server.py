@@ -333,8 +333,9 @@ REST_ERRORS = [
            {**MC_SAMPLE, "instances": [{"x": [1, 2], "num_samples": 2, "seed": 0}]}, 400, "scalar"),
     _error("scalar output in row format", "POST", PREDICT,
            {"signature_name": "stats", "instances": X}, 400, "total"),
-    _error("classify", "POST", "/v1/models/demo:classify", {"examples": [{}]}, 501,
-           "not implemented"),
+    # demo's serving_default is a predict signature: its input is "x", not Examples.
+    _error("classify on a predict signature", "POST", "/v1/models/demo:classify",
+           {"examples": [{}]}, 400, "No classification inputs found"),
     _error("malformed path", "POST", "/v1/modelz/demo:predict", {"instances": X}, 400,
            "Malformed request"),
     _error("get on predict", "GET", PREDICT, None, 400, "Malformed request"),
@@ -457,12 +458,16 @@ def test_grpc_bad_output_filter_and_unknown_status_are_errors(prediction_stub, m
     assert raised.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_grpc_classify_is_unimplemented(prediction_stub):
+def test_grpc_classify_on_a_predict_signature_is_invalid(prediction_stub):
+    # Classify itself is TF Serving's (tests/test_tfs_classifier.py); demo has no classify
+    # signature, and its predict signature takes "x", not serialized Examples.
     request = classification_pb2.ClassificationRequest()
     request.model_spec.name = "demo"
+    request.input.example_list.examples.add()
     with pytest.raises(grpc.RpcError) as raised:
         prediction_stub.Classify(request, timeout=30)
-    assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "No classification inputs found" in raised.value.details()
 
 
 # ----------------------------------------------------------------------------- concurrency
@@ -516,7 +521,7 @@ def test_new_version_written_atomically_becomes_the_default_within_the_poll_inte
     "version, place, message",
     [
         (2, "corrupt", "SavedModel"),
-        (3, "failing warmup", "Warmup request 1"),
+        (3, "failing warmup", "Warmup record 1"),
     ],
 )
 def test_broken_version_is_reported_and_never_replaces_the_good_one(

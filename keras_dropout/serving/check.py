@@ -2,13 +2,9 @@
 
 import os
 
-import tensorflow as tf
 
 from keras_dropout import _keras_internals
 from keras_dropout.serving.warmup import WARMUP_FILE
-from keras_dropout.serving.warmup import read_warmup_requests
-
-MAX_WARMUP_RECORDS = 1000
 _PY_FUNC_OPS = {"PyFunc", "PyFuncStateless", "EagerPyFunc"}
 _VARIABLE_WRITE_PREFIXES = (
     "Assign",
@@ -121,36 +117,20 @@ def _batching_problems(meta_graph):
 def _warmup_problems(path):
     if not os.path.exists(os.path.join(path, WARMUP_FILE)):
         return [f"missing warmup file {WARMUP_FILE}: the first requests will pay for initialisation"]
+    # The server's own load and replay (they need the `serving` extra).
+    from keras_dropout.serving.errors import ServingError
+    from keras_dropout.serving.servables import load_servable
+    from keras_dropout.serving.warmup import replay_warmup
+
     try:
-        logs = read_warmup_requests(path)
-    except Exception as error:  # a corrupt record fails the load in TF Serving too
-        return [f"warmup file {WARMUP_FILE} does not parse as PredictionLog records: {error}"]
-    problems = []
-    if len(logs) > MAX_WARMUP_RECORDS:
-        problems.append(f"warmup file holds {len(logs)} records; TF Serving reads at most {MAX_WARMUP_RECORDS}")
+        servable = load_servable("check", 1, path, warmup=False)
+    except ServingError as error:
+        return [f"the SavedModel does not load, so TF Serving cannot load it either: {error}"]
     try:
-        loaded = tf.saved_model.load(path)
-    except Exception as error:  # missing or corrupt variables, unknown ops...
-        problems.append(
-            f"the SavedModel does not load, so TF Serving cannot load it either: "
-            f"{type(error).__name__}: {error}"
-        )
-        return problems
-    for index, log in enumerate(logs[:MAX_WARMUP_RECORDS]):
-        if not log.HasField("predict_log"):
-            problems.append(f"warmup record {index}: only predict requests are replayed here")
-            continue
-        request = log.predict_log.request
-        signature_name = request.model_spec.signature_name or "serving_default"
-        try:
-            function = loaded.signatures[signature_name]
-            function(**{name: tf.constant(tf.make_ndarray(proto)) for name, proto in request.inputs.items()})
-        except Exception as error:
-            problems.append(
-                f"warmup record {index} (signature '{signature_name}') fails, which "
-                f"fails the whole load in TF Serving: {type(error).__name__}: {error}"
-            )
-    return problems
+        replay_warmup(servable)
+    except ServingError as error:
+        return [f"the warmup replay fails, which fails the whole load in TF Serving: {error}"]
+    return []
 
 
 def check(path, batching=False):

@@ -4,10 +4,16 @@ Routes (matched case-insensitively, like TF Serving's regular expressions):
 
 - `POST /v1/models/NAME[/versions/N|/labels/L]:predict` with `{"signature_name": ...,
   "instances": ...}` (row format, answered `{"predictions": ...}`) or `{..., "inputs": ...}`
-  (columnar, answered `{"outputs": ...}`). `:classify` and `:regress` are UNIMPLEMENTED (501).
+  (columnar, answered `{"outputs": ...}`).
+- `POST ...:classify` / `...:regress` with `{"signature_name": ..., "context": {...},
+  "examples": [{feature: value, ...}, ...]}` (see `json_examples.py`), answered
+  `{"results": ...}`.
 - `GET /v1/models/NAME[/versions/N|/labels/L]`: GetModelStatusResponse as JSON.
 - `GET /v1/models/NAME[/versions/N|/labels/L]/metadata`: `{"model_spec": ...,
   "metadata": {"signature_def": SignatureDefMap}}`.
+
+- `GET` of the Prometheus path (`--monitoring_config_file`), when enabled: the server's metrics
+  in Prometheus' text format.
 
 Errors are `{"error": "message"}` with TF Serving's HTTP status for the canonical code. Bodies
 over `max_body_bytes` get 413; requests running past the timeout get 504 (DEADLINE_EXCEEDED);
@@ -31,9 +37,12 @@ from concurrent.futures import Executor
 
 from tensorflow_serving.apis import model_pb2
 
+from keras_dropout.serving import inference
 from keras_dropout.serving import tensors
 from keras_dropout.serving.admission import Admission
 from keras_dropout.serving.errors import ServingError
+from keras_dropout.serving.monitoring import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from keras_dropout.serving.monitoring import Metrics
 from keras_dropout.serving.servables import ModelManager
 
 logger = logging.getLogger("keras_dropout.serving")
@@ -93,29 +102,20 @@ def _unquote(text: str | None) -> str | None:
 
 
 def parse_predict_body(body: bytes) -> tuple[str, str, object]:
-    """A predict body to `(signature_name, "instances" | "inputs", payload)`."""
-    if not body:
-        raise ServingError("INVALID_ARGUMENT", "JSON Parse error: The document is empty")
-    try:
-        document = json.loads(body)
-    except (ValueError, RecursionError) as error:
-        raise ServingError("INVALID_ARGUMENT", f"JSON Parse error: {error}") from None
-    if not isinstance(document, dict):
-        raise ServingError("INVALID_ARGUMENT", "JSON Parse error: the body must be a JSON object")
-    signature_name = document.get("signature_name", "")
-    if not isinstance(signature_name, str):
+    """A predict body to `(signature_name, "instances" | "inputs", payload)`.
+
+    Read as TF Serving reads it (`tensors.parse_json_request`: rapidjson's parse errors, any
+    nesting depth), with TF Serving's messages for a body naming both formats or neither.
+    """
+    signature_name, members = tensors.parse_json_request(body, ("instances", "inputs"))
+    if len(members) == 2:
         raise ServingError(
             "INVALID_ARGUMENT",
-            "'signature_name' key must be a string value. Received: " + json.dumps(signature_name),
+            f"JSON Value: {tensors.json_value_text(members)} Not formatted correctly expecting "
+            "only one of 'inputs' or 'instances' keys to exist",
         )
-    if "instances" in document and "inputs" in document:
-        raise ServingError(
-            "INVALID_ARGUMENT",
-            "Not formatted correctly: expecting only one of 'inputs' or 'instances' keys to exist",
-        )
-    for key in ("instances", "inputs"):
-        if key in document:
-            return signature_name, key, document[key]
+    for key, payload in members.items():
+        return signature_name, key, payload
     raise ServingError("INVALID_ARGUMENT", "Missing 'inputs' or 'instances' key")
 
 
@@ -123,10 +123,24 @@ class RestHandler:
     """TF Serving's REST protocol over a `ModelManager`, without any I/O.
 
     `handle(method, path, body)` returns `(http_status, json_bytes)` and never raises.
+
+    Args:
+        manager: the models.
+        metrics: where requests are counted (None: a private `Metrics`).
+        method_name_check: `--enable_signature_method_name_check` for `:classify` and
+            `:regress`.
     """
 
-    def __init__(self, manager: ModelManager):
+    def __init__(
+        self,
+        manager: ModelManager,
+        *,
+        metrics: Metrics | None = None,
+        method_name_check: bool = False,
+    ):
         self._manager = manager
+        self._metrics = metrics or Metrics()
+        self._method_name_check = method_name_check
 
     def handle(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
         try:
@@ -148,12 +162,12 @@ class RestHandler:
             match = _PREDICT_PATH.fullmatch(path)
             if match:
                 name, version, label, verb = match.groups()
-                if verb.lower() != "predict":
-                    raise ServingError(
-                        "UNIMPLEMENTED",
-                        f"The {verb.lower()} API is not implemented by this server; use :predict",
+                verb = verb.lower()
+                with self._metrics.request(verb, "REST") as record:
+                    record.model_name = _unquote(name)
+                    return getattr(self, verb)(
+                        record.model_name, _version_number(version), _unquote(label), body, record
                     )
-                return self.predict(_unquote(name), _version_number(version), _unquote(label), body)
         elif method == "GET":
             match = _MODEL_PATH.fullmatch(path)
             if match:
@@ -161,20 +175,55 @@ class RestHandler:
                 if not name:
                     raise ServingError("INVALID_ARGUMENT", "Missing model name in request.")
                 name, label = _unquote(name), _unquote(label)
-                if subresource:
-                    return self.metadata(name, _version_number(version), label)
-                return self.status(name, _version_number(version), label)
+                api = "get_model_metadata" if subresource else "get_model_status"
+                with self._metrics.request(api, "REST") as record:
+                    record.model_name = name
+                    if subresource:
+                        return self.metadata(name, _version_number(version), label)
+                    return self.status(name, _version_number(version), label)
         raise ServingError("INVALID_ARGUMENT", f"Malformed request: {method} {path}")
 
-    def predict(self, name: str, version: int | None, label: str | None, body: bytes) -> dict:
+    def predict(self, name: str, version: int | None, label: str | None, body: bytes, record=None) -> dict:
         signature_name, key, payload = parse_predict_body(body)
         servable = self._manager.servable(name, version, label)
         specs = servable.input_specs(signature_name)
+        if record is not None:
+            record.signature_name = servable.resolve_signature(signature_name)
         if key == "instances":
             arrays = tensors.instances_to_arrays(payload, specs)
             return {"predictions": tensors.outputs_to_predictions(servable.run(signature_name, arrays))}
         arrays = tensors.inputs_to_arrays(payload, specs)
         return {"outputs": tensors.outputs_to_columns(servable.run(signature_name, arrays))}
+
+    def classify(self, name: str, version: int | None, label: str | None, body: bytes, record=None) -> dict:
+        from keras_dropout.serving import json_examples
+
+        request = json_examples.classification_request_from_json(body)
+        servable = self._fill_spec(request.model_spec, name, version, label, record)
+        response = inference.classify(servable, request, check_method_name=self._method_name_check)
+        self._metrics.record_examples(servable.name, len(response.result.classifications))
+        return json_examples.classification_result_to_json(response.result)
+
+    def regress(self, name: str, version: int | None, label: str | None, body: bytes, record=None) -> dict:
+        from keras_dropout.serving import json_examples
+
+        request = json_examples.regression_request_from_json(body)
+        servable = self._fill_spec(request.model_spec, name, version, label, record)
+        response = inference.regress(servable, request, check_method_name=self._method_name_check)
+        self._metrics.record_examples(servable.name, len(response.result.regressions))
+        return json_examples.regression_result_to_json(response.result)
+
+    def _fill_spec(self, model_spec, name, version, label, record):
+        """Puts the URL's model into the request's ModelSpec; returns the servable it names."""
+        model_spec.name = name
+        if version is not None:
+            model_spec.version.value = version
+        if label is not None:
+            model_spec.version_label = label
+        servable = self._manager.servable(name, version, label)
+        if record is not None:
+            record.signature_name = model_spec.signature_name or "serving_default"
+        return servable
 
     def status(self, name: str, version: int | None, label: str | None) -> dict:
         return tensors.proto_to_json(self._manager.status(name, version, label))
@@ -197,6 +246,9 @@ def make_app(
     max_body_bytes: int = 32 * 1024 * 1024,
     timeout_s: float | None = 30.0,
     admission: Admission | None = None,
+    metrics: Metrics | None = None,
+    monitoring_path: str | None = None,
+    cors: bool = False,
 ):
     """The Starlette (ASGI) application around a `RestHandler`.
 
@@ -214,6 +266,9 @@ def make_app(
             be interrupted and finishes in the background, holding its slot.
         admission: bounds concurrent POST (predict) work; a full queue answers 429. Status and
             metadata requests are never queued, so health checks answer under load.
+        metrics: with `monitoring_path`, `GET monitoring_path` answers `metrics.exposition()`.
+        monitoring_path: the Prometheus path (TF Serving's prometheus_config.path).
+        cors: add CORS headers (`--rest_api_enable_cors_support`), with Starlette's middleware.
     """
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
@@ -279,6 +334,8 @@ def make_app(
             return http_status("DEADLINE_EXCEEDED"), deadline_exceeded
 
     async def endpoint(request):
+        if metrics is not None and request.method == "GET" and request.url.path == monitoring_path:
+            return Response(metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
         try:
             status, payload = await answer(request)
         except ClientDisconnect:
@@ -291,7 +348,21 @@ def make_app(
         return await endpoint(request)
 
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+    middleware = []
+    if cors:
+        from starlette.middleware import Middleware
+        from starlette.middleware.cors import CORSMiddleware
+
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=["*"],
+                allow_methods=["GET", "POST"],
+                allow_headers=["*"],
+            )
+        )
     return Starlette(
         routes=[Route("/{path:path}", endpoint, methods=methods)],
         exception_handlers={404: unrouted, 405: unrouted},
+        middleware=middleware,
     )

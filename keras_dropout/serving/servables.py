@@ -40,13 +40,13 @@ from tensorflow_serving.config import model_server_config_pb2
 from keras_dropout import _keras_internals
 from keras_dropout.serving import tensors
 from keras_dropout.serving.errors import CODES, ServingError, from_tf_error
-from keras_dropout.serving.warmup import WARMUP_FILE, read_warmup_requests
+from keras_dropout.serving.version_policy import VersionState, next_action
+from keras_dropout.serving.warmup import replay_warmup
 
 logger = logging.getLogger("keras_dropout.serving")
 
 DEFAULT_SIGNATURE = "serving_default"
 SERVE_TAG = "serve"
-MAX_WARMUP_RECORDS = 1000  # TF Serving's limit; more fails the load.
 
 _VERSION_DIR = re.compile(r"\d+")
 _MAX_VERSION = 2**63 - 1
@@ -188,6 +188,7 @@ class Servable:
         self._signature_defs = dict(signature_defs)
         self._specs: dict[str, dict[str, tf.TensorSpec]] = {}
         self._specs_lock = threading.Lock()
+        self._batcher = None
 
     @property
     def signature_names(self) -> list[str]:
@@ -200,6 +201,15 @@ class Servable:
         for name, signature_def in self._signature_defs.items():
             result.signature_def[name].CopyFrom(signature_def)
         return result
+
+    def signature_def(self, signature_name: str):
+        """The MetaGraph's SignatureDef named `signature_name` ("" is not resolved), or None.
+
+        Read-only: Classify/Regress validate a signature's method, inputs and outputs from it
+        before running it. Unlike `resolve_signature`, an absent name is not an error here,
+        since each API reports it in its own words.
+        """
+        return self._signature_defs.get(signature_name)
 
     def resolve_signature(self, signature_name: str | None) -> str:
         """The signature's name ("" or None means serving_default); FAILED_PRECONDITION if absent."""
@@ -242,6 +252,9 @@ class Servable:
     ) -> dict[str, np.ndarray]:
         """Runs a signature on NumPy inputs and returns its outputs as NumPy arrays.
 
+        With batching enabled (`enable_batching`), the call waits for concurrent calls to the
+        same signature to be merged with it, and returns its own rows.
+
         Args:
             signature_name: "" or None for serving_default.
             inputs: exactly the signature's inputs, each with its dtype and a compatible shape.
@@ -269,60 +282,74 @@ class Servable:
             raise ServingError("INVALID_ARGUMENT", f"duplicate output tensor alias: {duplicate}")
         for key, array in inputs.items():
             tensors.check_input(key, array, specs[key])
+        if self._batcher is not None:
+            return self._batcher.run(name, dict(inputs), tuple(wanted))
+        return self._execute(name, inputs, tuple(wanted))
+
+    def _execute(
+        self, name: str, inputs: Mapping[str, np.ndarray], output_filter: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        """One call of a checked signature (a merged batch, with batching)."""
+        specs = self.input_specs(name)
         function = self._loaded.signatures[name]
         try:
             result = function(
                 **{key: tf.constant(array, dtype=specs[key].dtype) for key, array in inputs.items()}
             )
-            return {key: value.numpy() for key, value in result.items() if not wanted or key in wanted}
+            return {
+                key: value.numpy()
+                for key, value in result.items()
+                if not output_filter or key in output_filter
+            }
         except tf.errors.OpError as error:
             raise from_tf_error(error) from None
 
+    def enable_batching(self, options, on_batch: Callable[[str, int], None] | None = None) -> None:
+        """Merges concurrent `run` calls from now on (TF Serving's `--enable_batching`).
 
-def _replay_warmup(servable: Servable) -> None:
-    """Runs `assets.extra/tf_serving_warmup_requests` (PredictionLog TFRecords), as TF Serving.
+        Args:
+            options: a `batching.BatchingOptions`.
+            on_batch: called with (signature name, rows) for every merged call (metrics).
+        """
+        from keras_dropout.serving.batching import Batcher
 
-    A failing record fails the load. Only predict logs can be replayed here (this server has no
-    Classify/Regress/MultiInference); other kinds are skipped with a warning.
-    """
-    if not tf.io.gfile.exists(os.path.join(servable.path, WARMUP_FILE)):
-        return
-    try:
-        logs = read_warmup_requests(servable.path)
-    except tf.errors.OpError as error:
-        raise from_tf_error(error) from None
-    if len(logs) > MAX_WARMUP_RECORDS:
-        raise ServingError(
-            "INVALID_ARGUMENT",
-            f"Number of warmup records exceeds the maximum ({MAX_WARMUP_RECORDS}) at "
-            f"{os.path.join(servable.path, WARMUP_FILE)}",
-        )
-    for number, log in enumerate(logs, start=1):
-        kind = log.WhichOneof("log_type")
-        if kind != "predict_log":
-            logger.warning("Warmup record %d of %s is a %s; skipped", number, servable.path, kind)
-            continue
-        request = log.predict_log.request
-        try:
-            inputs = {
-                key: tensors.tensor_proto_to_array(proto, key)
-                for key, proto in request.inputs.items()
-            }
-            servable.run(request.model_spec.signature_name, inputs, list(request.output_filter))
-        except ServingError as error:
-            raise ServingError(
-                error.code, f"Warmup request {number} of {servable.path} failed: {error.message}"
-            ) from None
-    logger.info("Replayed %d warmup requests for %s", len(logs), servable.path)
+        def execute(name, inputs, output_filter):
+            if on_batch is not None:
+                on_batch(name, len(next(iter(inputs.values()))) if inputs else 0)
+            return self._execute(name, inputs, output_filter)
+
+        self._batcher = Batcher(options, execute)
+
+    def close(self) -> None:
+        """Stops the batching threads, if any (the version is being unloaded)."""
+        if self._batcher is not None:
+            self._batcher.close()
 
 
-def load_servable(name: str, version: int, path: str, *, warmup: bool = True) -> Servable:
-    """Loads one version directory (SavedModel with a "serve" MetaGraph) and replays warmup.
+def load_servable(
+    name: str,
+    version: int,
+    path: str,
+    *,
+    warmup: bool = True,
+    warmup_iterations: int = 1,
+    tags: Sequence[str] = (SERVE_TAG,),
+) -> Servable:
+    """Loads one version directory (a SavedModel) and replays its warmup file.
+
+    Args:
+        name: the model's name.
+        version: the version number.
+        path: the version directory.
+        warmup: replay `assets.extra/tf_serving_warmup_requests` (`--enable_model_warmup`).
+        warmup_iterations: times each warmup record runs (`--num_request_iterations_for_warmup`).
+        tags: the MetaGraph's tag set (`--saved_model_tags`).
 
     Raises:
-        ServingError: NOT_FOUND (no saved_model.pb / no "serve" MetaGraph), DATA_LOSS
+        ServingError: NOT_FOUND (no saved_model.pb / no MetaGraph with `tags`), DATA_LOSS
             (unparsable), or the load's / warmup's own error.
     """
+    tags = sorted(set(tags))
     if not any(
         tf.io.gfile.exists(os.path.join(path, f)) for f in ("saved_model.pb", "saved_model.pbtxt")
     ):
@@ -335,16 +362,17 @@ def load_servable(name: str, version: int, path: str, *, warmup: bool = True) ->
     except Exception as error:  # OSError wrapping a protobuf DecodeError, mostly.
         raise ServingError("DATA_LOSS", f"Cannot read the SavedModel at {path}: {error}") from None
     meta_graph = next(
-        (m for m in saved_model.meta_graphs if set(m.meta_info_def.tags) == {SERVE_TAG}), None
+        (m for m in saved_model.meta_graphs if sorted(set(m.meta_info_def.tags)) == tags), None
     )
     if meta_graph is None:
         raise ServingError(
             "NOT_FOUND",
-            f"Could not find meta graph def matching supplied tags: {{ {SERVE_TAG} }} in {path}. "
-            "Inspect the tag-sets with `saved_model_cli show --dir DIR`",
+            f"Could not find meta graph def matching supplied tags: {{ {' '.join(tags)} }}. "
+            f"To inspect available tag-sets in the SavedModel, please use the SavedModel CLI: "
+            f"`saved_model_cli show --dir {path}`",
         )
     try:
-        loaded = tf.saved_model.load(path, tags=[SERVE_TAG])
+        loaded = tf.saved_model.load(path, tags=tags)
     except tf.errors.OpError as error:
         raise from_tf_error(error) from None
     except Exception as error:
@@ -353,7 +381,9 @@ def load_servable(name: str, version: int, path: str, *, warmup: bool = True) ->
         ) from None
     servable = Servable(name, version, path, loaded, meta_graph.signature_def)
     if warmup:
-        _replay_warmup(servable)
+        replayed = replay_warmup(servable, warmup_iterations)
+        if replayed:
+            logger.info("Replayed %d warmup requests for %s", replayed, path)
     return servable
 
 
@@ -363,7 +393,9 @@ def load_servable(name: str, version: int, path: str, *, warmup: bool = True) ->
 @dataclasses.dataclass
 class _Version:
     version: int
-    state: str = "LOADING"
+    # The directory's own name: TF Serving reads "00000123" as version 123.
+    directory: str
+    state: str = "NEW"
     error_code: str = "OK"
     error_message: str = ""
     aspired: bool = True
@@ -380,18 +412,31 @@ class _Model:
     config: ModelConfig
     versions: dict[int, _Version] = dataclasses.field(default_factory=dict)
     poll_error: str | None = None
+    # Dropped from the config by a reload: every version stops being aspired.
+    removed: bool = False
 
 
-def list_versions(base_path: str) -> set[int]:
-    """Integer-named subdirectories of `base_path` (anything else is ignored, as by TF Serving)."""
+def list_versions(base_path: str) -> dict[int, str]:
+    """Version number -> directory name for the integer-named subdirectories of `base_path`.
+
+    Anything else is ignored, as by TF Serving; zero-padded names count ("00000123" is version
+    123). When two names give one number, the first in sorted order wins.
+    """
     if not tf.io.gfile.isdir(base_path):
         raise ServingError("NOT_FOUND", f"Could not find base path {base_path}")
-    versions = set()
-    for entry in tf.io.gfile.listdir(base_path):
+    versions: dict[int, str] = {}
+    for entry in sorted(tf.io.gfile.listdir(base_path)):
         entry = entry.rstrip("/")
-        if _VERSION_DIR.fullmatch(entry) and int(entry) <= _MAX_VERSION:
-            if tf.io.gfile.isdir(os.path.join(base_path, entry)):
-                versions.add(int(entry))
+        if not _VERSION_DIR.fullmatch(entry) or int(entry) > _MAX_VERSION:
+            continue
+        if int(entry) in versions:
+            logger.warning(
+                "%s: directories %s and %s both hold version %d; serving %s",
+                base_path, versions[int(entry)], entry, int(entry), versions[int(entry)],
+            )
+            continue
+        if tf.io.gfile.isdir(os.path.join(base_path, entry)):
+            versions[int(entry)] = entry
     return versions
 
 
@@ -414,6 +459,9 @@ def _directory_fingerprint(path: str) -> tuple | None:
 
 class ModelManager:
     """Keeps the wanted versions of each configured model loaded, and hands them out.
+
+    Which version to load or unload next is `version_policy.next_action`, a pure function of
+    the versions' states; this class does the I/O around it (polling, loading in threads).
 
     Args:
         configs: the models (see `model_configs`).
@@ -438,11 +486,7 @@ class ModelManager:
         num_load_threads: int = 1,
         loader: Callable[[str, int, str], Servable] = load_servable,
     ):
-        if not configs:
-            raise ValueError("Invalid value received for argument `configs`: no models given")
-        self._models = {config.name: _Model(config) for config in configs}
-        if len(self._models) != len(configs):
-            raise ValueError("Invalid value received for argument `configs`: duplicate model names")
+        self._models = self._check_configs(configs)
         self.poll_wait_seconds = file_system_poll_wait_seconds
         self._loader = loader
         self._lock = threading.RLock()
@@ -455,9 +499,19 @@ class ModelManager:
         self._started = False
         self._stopped = False
 
+    @staticmethod
+    def _check_configs(configs: Sequence[ModelConfig]) -> dict[str, _Model]:
+        if not configs:
+            raise ValueError("Invalid value received for argument `configs`: no models given")
+        models = {config.name: _Model(config) for config in configs}
+        if len(models) != len(configs):
+            raise ValueError("Invalid value received for argument `configs`: duplicate model names")
+        return models
+
     @property
     def model_names(self) -> list[str]:
-        return sorted(self._models)
+        with self._lock:
+            return sorted(name for name, model in self._models.items() if not model.removed)
 
     # -- lifecycle
 
@@ -483,25 +537,51 @@ class ModelManager:
         if self._poller is not None:
             self._poller.join()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        unloaded = []
         with self._lock:
             self._stopped = True
             for model in self._models.values():
                 for entry in model.versions.values():
-                    if entry.state in ("AVAILABLE", "LOADING"):
+                    if entry.state in ("AVAILABLE", "LOADING", "NEW"):
+                        unloaded.append(entry.servable)
                         entry.state, entry.servable = "END", None
             self._changed.notify_all()
+        for servable in unloaded:
+            if servable is not None:
+                servable.close()
 
     def wait_until_idle(self, timeout: float | None = None) -> bool:
-        """Blocks until no version is LOADING; False on timeout."""
+        """Blocks until no version is waiting to load or LOADING; False on timeout."""
         with self._changed:
             return self._changed.wait_for(
                 lambda: not any(
-                    entry.state == "LOADING"
+                    entry.state in ("NEW", "LOADING")
                     for model in self._models.values()
                     for entry in model.versions.values()
                 ),
                 timeout,
             )
+
+    def reconfigure(self, configs: Sequence[ModelConfig]) -> None:
+        """Serves `configs` from now on, as TF Serving's config reload does.
+
+        New models start loading, models no longer configured are unloaded, and changed
+        policies and labels of the others apply at once (then the base paths are polled).
+        """
+        new = self._check_configs(configs)
+        with self._lock:
+            for name, model in self._models.items():
+                if name not in new:
+                    if not model.removed:
+                        logger.info("Model %s is no longer configured; unloading it", name)
+                    model.removed = True
+            for name, fresh in new.items():
+                model = self._models.get(name)
+                if model is None:
+                    self._models[name] = fresh
+                else:
+                    model.config, model.removed = fresh.config, False
+        self.poll()
 
     def _poll_loop(self) -> None:
         while not self._stop.wait(self.poll_wait_seconds):
@@ -513,9 +593,17 @@ class ModelManager:
     # -- polling, loading, unloading
 
     def poll(self) -> None:
-        """Lists every base path once, starts the loads and unloads the policy asks for."""
-        for model in self._models.values():
-            config = model.config
+        """Lists every base path once, then loads and unloads as the version policy says."""
+        with self._lock:
+            models = list(self._models.values())
+        for model in models:
+            self._poll_model(model)
+
+    def _poll_model(self, model: _Model) -> None:
+        config = model.config
+        if model.removed:
+            on_disk: dict[int, str] = {}
+        else:
             try:
                 on_disk = list_versions(config.base_path)
             except (ServingError, tf.errors.OpError, OSError) as error:
@@ -523,77 +611,103 @@ class ModelManager:
                 if model.poll_error != str(error):  # Said once, not every poll.
                     logger.warning("Model %s: %s", config.name, error)
                 model.poll_error = str(error)
-                continue
+                return
             model.poll_error = None
-            aspired = config.select(on_disk)
-            with self._lock:
-                if self._stopped:
-                    return
-                for version, entry in model.versions.items():
-                    entry.aspired = version in aspired
-                    if entry.error_code != "OK" and not entry.aspired:
-                        entry.retry = True
-                failed = [
-                    entry
-                    for entry in model.versions.values()
-                    if entry.aspired and entry.state == "END" and entry.error_code != "OK"
-                ]
-            # Outside the lock: listing a directory may be slow (object stores).
-            changed = set()
-            for entry in failed:
-                fingerprint = _directory_fingerprint(
-                    os.path.join(config.base_path, str(entry.version))
-                )
-                if fingerprint is not None and fingerprint != entry.fingerprint:
-                    changed.add(id(entry))
-            to_load = []
-            with self._lock:
-                if self._stopped:
-                    return
-                for version in sorted(aspired, reverse=True):
-                    entry = model.versions.get(version)
-                    if entry is None or (
-                        entry.state == "END"
-                        and (entry.error_code == "OK" or entry.retry or id(entry) in changed)
-                    ):
-                        if entry is not None and id(entry) in changed:
-                            logger.info(
-                                "Version %d of %s changed since its failed load; loading it again",
-                                version,
-                                config.name,
-                            )
-                        model.versions[version] = _Version(version)
-                        to_load.append(version)
-            for version in to_load:
-                logger.info("Loading servable: {name: %s version: %d}", config.name, version)
-                try:
-                    self._executor.submit(self._load, model, version)
-                except RuntimeError:  # stop() shut the loader down meanwhile.
-                    return
-            self._reconcile(model)
+        aspired = config.select(set(on_disk))
+        with self._lock:
+            if self._stopped:
+                return
+            for version, entry in model.versions.items():
+                entry.aspired = version in aspired
+                if entry.error_code != "OK" and not entry.aspired:
+                    entry.retry = True
+            failed = [
+                entry
+                for entry in model.versions.values()
+                if entry.aspired and entry.state == "END" and entry.error_code != "OK"
+            ]
+        # Outside the lock: listing a directory may be slow (object stores).
+        changed = set()
+        for entry in failed:
+            fingerprint = _directory_fingerprint(os.path.join(config.base_path, entry.directory))
+            if fingerprint is not None and fingerprint != entry.fingerprint:
+                changed.add(id(entry))
+        with self._lock:
+            if self._stopped:
+                return
+            for version in aspired:
+                entry = model.versions.get(version)
+                if entry is None or (
+                    entry.state == "END"
+                    and (entry.error_code == "OK" or entry.retry or id(entry) in changed)
+                ):
+                    if entry is not None and id(entry) in changed:
+                        logger.info(
+                            "Version %d of %s changed since its failed load; loading it again",
+                            version,
+                            config.name,
+                        )
+                    model.versions[version] = _Version(version, on_disk[version])
+        self._act(model)
 
-    def _load(self, model: _Model, version: int) -> None:
+    def _act(self, model: _Model) -> None:
+        """Carries out the version policy's actions until it has none left."""
         config = model.config
-        path = os.path.join(config.base_path, str(version))
+        keep = set(config.versions) if config.version_policy == "specific" else set()
+        to_load, unloaded = [], []
+        with self._lock:
+            while not self._stopped:
+                action = next_action(
+                    [VersionState(e.version, e.state, e.aspired) for e in model.versions.values()],
+                    keep=keep,
+                )
+                if action is None:
+                    break
+                entry = model.versions[action.version]
+                if action.kind == "load":
+                    entry.state = "LOADING"
+                    to_load.append(entry)
+                    continue
+                entry.state = "UNLOADING"
+                unloaded.append(entry.servable)
+                entry.servable = None
+                entry.state = "END"
+                logger.info(
+                    "Unloaded servable version {name: %s version: %d}", config.name, entry.version
+                )
+                self._changed.notify_all()
+        for servable in unloaded:
+            if servable is not None:
+                servable.close()
+        for entry in to_load:
+            logger.info("Loading servable: {name: %s version: %d}", config.name, entry.version)
+            try:
+                self._executor.submit(self._load, model, entry)
+            except RuntimeError:  # stop() shut the loader down meanwhile.
+                return
+
+    def _load(self, model: _Model, entry: _Version) -> None:
+        config = model.config
+        path = os.path.join(config.base_path, entry.directory)
         fingerprint = _directory_fingerprint(path)
         servable, error = None, None
         try:
-            servable = self._loader(config.name, version, path)
+            servable = self._loader(config.name, entry.version, path)
         except ServingError as failure:
             error = (failure.code, failure.message)
         except Exception as failure:  # A broken loader reports, never kills the manager.
-            logger.exception("Loading %s version %d crashed", config.name, version)
+            logger.exception("Loading %s version %d crashed", config.name, entry.version)
             error = ("UNKNOWN", f"{type(failure).__name__}: {failure}")
         with self._lock:
-            entry = model.versions.get(version)
-            if self._stopped or entry is None or entry.state != "LOADING":
+            current = model.versions.get(entry.version)
+            if self._stopped or current is not entry or entry.state != "LOADING":
                 return
             if error is None:
                 entry.state, entry.servable = "AVAILABLE", servable
                 logger.info(
                     "Successfully loaded servable version {name: %s version: %d}",
                     config.name,
-                    version,
+                    entry.version,
                 )
             else:
                 entry.state = "END"
@@ -602,41 +716,17 @@ class ModelManager:
                 logger.error(
                     "Loading servable: {name: %s version: %d} failed: %s: %s",
                     config.name,
-                    version,
+                    entry.version,
                     *error,
                 )
             self._changed.notify_all()
-        self._reconcile(model)
-
-    def _reconcile(self, model: _Model) -> None:
-        # TF Serving's AvailabilityPreservingPolicy: unload a version that is no longer wanted
-        # only when no version is wanted, a wanted one is available, or several unwanted ones
-        # are still serving (lowest first).
-        with self._lock:
-            while True:
-                wanted = [e for e in model.versions.values() if e.aspired]
-                serving_unwanted = sorted(
-                    (e for e in model.versions.values() if not e.aspired and e.state == "AVAILABLE"),
-                    key=lambda e: e.version,
-                )
-                if not serving_unwanted:
-                    return
-                if wanted and not any(e.state == "AVAILABLE" for e in wanted) and len(
-                    serving_unwanted
-                ) == 1:
-                    return
-                entry = serving_unwanted[0]
-                entry.state = "UNLOADING"
-                entry.servable = None
-                entry.state = "END"
-                logger.info(
-                    "Unloaded servable version {name: %s version: %d}",
-                    model.config.name,
-                    entry.version,
-                )
-                self._changed.notify_all()
+        self._act(model)
 
     # -- queries
+
+    def _model(self, name: str) -> _Model | None:
+        model = self._models.get(name)
+        return None if model is None or model.removed else model
 
     def _resolve_label(self, model: _Model | None, label: str) -> int:
         if model is None or label not in model.config.version_labels:
@@ -650,15 +740,17 @@ class ModelManager:
 
         Raises:
             ServingError: NOT_FOUND when that version (or any) is not available;
-                INVALID_ARGUMENT for an unknown label or both version and label.
+                INVALID_ARGUMENT for an empty name, an unknown label or both version and label.
         """
         if version is not None and label is not None:
             raise ServingError(
                 "INVALID_ARGUMENT",
                 f"Both model version ({version}) and model version label ({label}) cannot be supplied.",
             )
+        if not name:  # TF Serving's ServerCore, for Predict, metadata and the rest alike.
+            raise ServingError("INVALID_ARGUMENT", "ModelSpec has no name specified.")
         with self._lock:
-            model = self._models.get(name)
+            model = self._model(name)
             if label is not None:
                 version = self._resolve_label(model, label)
             if version is None:
@@ -680,7 +772,8 @@ class ModelManager:
     ) -> get_model_status_pb2.GetModelStatusResponse:
         """TF Serving's GetModelStatusResponse: every version seen, newest first, or just one.
 
-        A failed load shows as state END with the load's error code and message.
+        A failed load shows as state END with the load's error code and message; a version
+        waiting for a load thread shows as START.
         """
         if version is not None and label is not None:
             raise ServingError(
@@ -689,7 +782,7 @@ class ModelManager:
             )
         response = get_model_status_pb2.GetModelStatusResponse()
         with self._lock:
-            model = self._models.get(name)
+            model = self._model(name)
             if label is not None:
                 version = self._resolve_label(model, label)
             versions = model.versions if model else {}
@@ -706,7 +799,8 @@ class ModelManager:
             for entry in entries:
                 status = response.model_version_status.add()
                 status.version = entry.version
-                status.state = get_model_status_pb2.ModelVersionStatus.State.Value(entry.state)
+                state = "START" if entry.state == "NEW" else entry.state
+                status.state = get_model_status_pb2.ModelVersionStatus.State.Value(state)
                 status.status.SetInParent()  # TF Serving always reports it, OK included.
                 status.status.error_code = CODES.index(entry.error_code)
                 status.status.error_message = entry.error_message

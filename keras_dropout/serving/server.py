@@ -26,7 +26,9 @@ the `serving` extra; gRPC, uvicorn and tensorflow-serving-api are imported by `S
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
+import os
 import signal
 import socket
 import sys
@@ -90,8 +92,26 @@ class Server:
             429 / RESOURCE_EXHAUSTED at once.
         models: a list of `servables.ModelConfig`, instead of the three model arguments.
         num_threads: request threads for each of REST and gRPC, besides those that execute or
-            wait for predict work.
+            wait for predict work (`rest_api_num_threads` / `grpc_max_threads` override it).
         num_load_threads: versions loaded in parallel.
+        grpc_socket_path: also serve gRPC on this UNIX socket.
+        grpc_channel_arguments: `(key, value)` gRPC server arguments.
+        grpc_max_threads: gRPC request threads (default `num_threads`).
+        enable_grpc_healthcheck_service: serve `grpc.health.v1.Health` (SERVING while up).
+        rest_api_num_threads: REST request threads (default `num_threads`).
+        rest_api_enable_cors_support: answer REST with `Access-Control-Allow-*` headers.
+        model_config_file_poll_wait_seconds: re-read `model_config_file` this often and apply
+            its changes (models added, removed, policies, labels); <= 0 reads it once.
+        batching: a `batching.BatchingOptions`: merge concurrent requests to one signature of
+            one version into one call (`--enable_batching`); None serves each on its own.
+        per_model_batching: with `batching`, a version's own `batching_params.pbtxt` wins.
+        monitoring_path: serve Prometheus metrics at this REST path; None serves none.
+        tensor_content: gRPC answers put values in `tensor_content`, not the typed fields.
+        enable_model_warmup: replay warmup requests when a version loads.
+        num_request_iterations_for_warmup: times each warmup request runs.
+        saved_model_tags: the MetaGraph tags to load.
+        enable_signature_method_name_check: Classify/Regress/MultiInference refuse signatures
+            whose method_name is not theirs.
     """
 
     def __init__(
@@ -111,8 +131,24 @@ class Server:
         models=None,
         num_threads: int = 16,
         num_load_threads: int = 1,
+        grpc_socket_path: str | None = None,
+        grpc_channel_arguments=(),
+        grpc_max_threads: int | None = None,
+        enable_grpc_healthcheck_service: bool = False,
+        rest_api_num_threads: int | None = None,
+        rest_api_enable_cors_support: bool = False,
+        model_config_file_poll_wait_seconds: float = 0,
+        batching=None,
+        per_model_batching: bool = False,
+        monitoring_path: str | None = None,
+        tensor_content: bool = False,
+        enable_model_warmup: bool = True,
+        num_request_iterations_for_warmup: int = 1,
+        saved_model_tags=("serve",),
+        enable_signature_method_name_check: bool = False,
     ):
         from keras_dropout.serving.admission import Admission
+        from keras_dropout.serving.monitoring import Metrics
         from keras_dropout.serving.servables import ModelManager, model_configs
 
         _check_port("port", port)
@@ -127,28 +163,93 @@ class Server:
                 "Invalid value received for argument `request_timeout_s`. Expected a positive "
                 f"number or None. Received: request_timeout_s={request_timeout_s!r}"
             )
+        for name, value in (("grpc_max_threads", grpc_max_threads),
+                            ("rest_api_num_threads", rest_api_num_threads)):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(
+                    f"Invalid value received for argument `{name}`. Expected a positive integer "
+                    f"or None. Received: {name}={value!r}"
+                )
+        if monitoring_path is not None and not monitoring_path.startswith("/"):
+            raise ValueError(
+                "Invalid value received for argument `monitoring_path`. Expected a path starting "
+                f"with '/'. Received: monitoring_path={monitoring_path!r}"
+            )
         self.admission = Admission(max_concurrent_requests, max_queued_requests)
+        self.metrics = Metrics()
+        self.model_config_file = model_config_file
         configs = models if models is not None else model_configs(
             model_name, model_base_path, model_config_file
         )
+        self.batching = batching
         self.manager = ModelManager(
             configs,
             file_system_poll_wait_seconds=file_system_poll_wait_seconds,
             num_load_threads=num_load_threads,
+            loader=functools.partial(
+                self._load_version,
+                warmup=enable_model_warmup,
+                warmup_iterations=num_request_iterations_for_warmup,
+                tags=tuple(saved_model_tags),
+                per_model_batching=per_model_batching,
+            ),
         )
         self.host = host
         self.port = port
         self.rest_api_port = rest_api_port
         self.max_body_bytes = max_body_bytes
         self.request_timeout_s = request_timeout_s
-        self._num_threads = num_threads
+        self.grpc_socket_path = grpc_socket_path
+        self.grpc_channel_arguments = list(grpc_channel_arguments)
+        self.enable_grpc_healthcheck_service = enable_grpc_healthcheck_service
+        self.rest_api_enable_cors_support = rest_api_enable_cors_support
+        self.model_config_file_poll_wait_seconds = model_config_file_poll_wait_seconds
+        self.monitoring_path = monitoring_path
+        self.tensor_content = tensor_content
+        self.enable_signature_method_name_check = enable_signature_method_name_check
+        self._grpc_threads = grpc_max_threads or num_threads
+        self._rest_threads = rest_api_num_threads or num_threads
         self._grpc = None
+        self._health = None
         self._uvicorn = None
         self._rest_thread = None
         self._rest_executor = None
+        self._config_poller = None
         self._started = False
         self._lock = threading.Lock()
         self._stopped = threading.Event()
+
+    def _load_version(self, name, version, path, *, warmup, warmup_iterations, tags, per_model_batching):
+        """The manager's loader: loads, replays warmup, wraps in batching; records metrics."""
+        import time
+
+        from keras_dropout.serving.servables import load_servable
+
+        start = time.perf_counter()
+        try:
+            servable = load_servable(
+                name, version, path, warmup=False, tags=tags
+            )
+            if self.batching is not None:
+                options = self.batching
+                if per_model_batching:
+                    options = _model_batching_options(path, options)
+                servable.enable_batching(
+                    options, functools.partial(self.metrics.record_batch, name)
+                )
+            if warmup:
+                from keras_dropout.serving.warmup import replay_warmup
+
+                try:
+                    replay_warmup(servable, warmup_iterations)
+                except BaseException:
+                    servable.close()
+                    raise
+        except BaseException:
+            self.metrics.record_load(path, False, time.perf_counter() - start)
+            raise
+        self.metrics.record_load(path, True, time.perf_counter() - start)
+        return servable
 
     @property
     def grpc_target(self) -> str:
@@ -176,6 +277,11 @@ class Server:
             self._start_grpc()
             if self.rest_api_port is not None:
                 self._start_rest()
+            if self.model_config_file and self.model_config_file_poll_wait_seconds > 0:
+                self._config_poller = threading.Thread(
+                    target=self._poll_model_config, name="kd-config-poller", daemon=True
+                )
+                self._config_poller.start()
         except BaseException:
             self.stop(grace=0)
             raise
@@ -184,27 +290,58 @@ class Server:
             logger.info("Exporting HTTP/REST API at:%s ...", _host_port(self.host, self.rest_api_port))
         return self
 
+    def _poll_model_config(self) -> None:
+        """Re-reads --model_config_file; a file that does not parse keeps the current config."""
+        from keras_dropout.serving.servables import parse_model_config
+
+        last_text = None
+        while not self._stopped.wait(self.model_config_file_poll_wait_seconds):
+            try:
+                with open(self.model_config_file, encoding="utf-8") as handle:
+                    text = handle.read()
+                if text == last_text:
+                    continue
+                configs = parse_model_config(text, self.model_config_file)
+                last_text = text
+                self.manager.reconfigure(configs)
+            except (OSError, ValueError) as error:
+                logger.error("Keeping the current model config: %s", error)
+            except Exception:  # The poller must survive anything a reload throws.
+                logger.exception("Reloading %s failed", self.model_config_file)
+
     def _start_grpc(self) -> None:
         import grpc
 
         from keras_dropout.serving import grpc_service
 
         # gRPC handlers wait for their slot in their own thread: room for every admitted request
-        # plus `num_threads` for the rest; beyond that gRPC itself answers RESOURCE_EXHAUSTED.
-        workers = self._num_threads + self.admission.max_concurrent + self.admission.max_queued
-        self._grpc = grpc.server(
-            ThreadPoolExecutor(workers, thread_name_prefix="kd-grpc"),
-            maximum_concurrent_rpcs=workers,
-            options=[
+        # plus `grpc_max_threads` for the rest; beyond that gRPC itself answers RESOURCE_EXHAUSTED.
+        workers = self._grpc_threads + self.admission.max_concurrent + self.admission.max_queued
+        options = dict(
+            [
                 ("grpc.max_receive_message_length", self.max_body_bytes),
                 ("grpc.max_send_message_length", -1),
                 # A taken port must fail, not be silently shared.
                 ("grpc.so_reuseport", 0),
-            ],
+            ]
+        )
+        options.update(self.grpc_channel_arguments)
+        self._grpc = grpc.server(
+            ThreadPoolExecutor(workers, thread_name_prefix="kd-grpc"),
+            maximum_concurrent_rpcs=workers,
+            options=list(options.items()),
         )
         grpc_service.add_services(
-            self._grpc, self.manager, admission=self.admission, max_tensor_bytes=self.max_body_bytes
+            self._grpc,
+            self.manager,
+            admission=self.admission,
+            max_tensor_bytes=self.max_body_bytes,
+            metrics=self.metrics,
+            tensor_content=self.tensor_content,
+            method_name_check=self.enable_signature_method_name_check,
         )
+        if self.enable_grpc_healthcheck_service:
+            self._health = grpc_service.add_health_service(self._grpc)
         address = _host_port(self.host, self.port)
         try:
             bound = self._grpc.add_insecure_port(address)
@@ -213,6 +350,13 @@ class Server:
         if not bound:
             raise OSError(f"Cannot listen for gRPC on {address}")
         self.port = bound
+        if self.grpc_socket_path:
+            socket_address = "unix:" + self.grpc_socket_path
+            try:
+                if not self._grpc.add_insecure_port(socket_address):
+                    raise RuntimeError("not bound")
+            except RuntimeError as error:
+                raise OSError(f"Cannot listen for gRPC on {socket_address}: {error}") from None
         self._grpc.start()
 
     def _start_rest(self) -> None:
@@ -224,14 +368,21 @@ class Server:
         self.rest_api_port = sock.getsockname()[1]
         # REST requests wait for their slot in the event loop; only executing ones take a thread.
         self._rest_executor = ThreadPoolExecutor(
-            self._num_threads + self.admission.max_concurrent, thread_name_prefix="kd-rest"
+            self._rest_threads + self.admission.max_concurrent, thread_name_prefix="kd-rest"
         )
         app = rest.make_app(
-            rest.RestHandler(self.manager),
+            rest.RestHandler(
+                self.manager,
+                metrics=self.metrics,
+                method_name_check=self.enable_signature_method_name_check,
+            ),
             self._rest_executor,
             max_body_bytes=self.max_body_bytes,
             timeout_s=self.request_timeout_s,
             admission=self.admission,
+            metrics=self.metrics if self.monitoring_path else None,
+            monitoring_path=self.monitoring_path,
+            cors=self.rest_api_enable_cors_support,
         )
         config = uvicorn.Config(
             app, lifespan="off", log_config=None, access_log=False, server_header=False
@@ -256,6 +407,8 @@ class Server:
                 return
             self._stopped.set()
         grace = 0.0 if grace is None else float(grace)
+        if self._health is not None:
+            self._health.enter_graceful_shutdown()
         if self._uvicorn is not None:
             self._uvicorn.config.timeout_graceful_shutdown = grace
             self._uvicorn.should_exit = True
@@ -266,6 +419,8 @@ class Server:
             grpc_done.wait(grace + 5)
         if self._rest_executor is not None:
             self._rest_executor.shutdown(wait=False, cancel_futures=True)
+        if self._config_poller is not None:
+            self._config_poller.join()
         self.manager.stop()
         logger.info("Server stopped")
 
@@ -280,12 +435,155 @@ class Server:
         self.stop()
 
 
+PER_MODEL_BATCHING_FILE = "batching_params.pbtxt"
+
+
+def _model_batching_options(path: str, default):
+    """A version's own `batching_params.pbtxt` (`--enable_per_model_batching_parameters`).
+
+    As in TF Serving, the file's parameters replace the global ones, except the batch
+    threads, which stay the server's. Without the file the global parameters apply.
+    """
+    import dataclasses
+
+    import tensorflow as tf
+
+    from keras_dropout.serving.batching import BatchingOptions
+    from keras_dropout.serving.config_protos import parse_batching_parameters
+    from keras_dropout.serving.errors import ServingError
+
+    file_path = os.path.join(path, PER_MODEL_BATCHING_FILE)
+    if not tf.io.gfile.exists(file_path):
+        return default
+    try:
+        with tf.io.gfile.GFile(file_path) as handle:
+            options = BatchingOptions.from_proto(parse_batching_parameters(handle.read(), file_path))
+    except ValueError as error:
+        raise ServingError("INVALID_ARGUMENT", str(error)) from None
+    return dataclasses.replace(
+        options,
+        num_batch_threads=default.num_batch_threads,
+        thread_pool_name=default.thread_pool_name,
+    )
+
+
+def _parse_bool(text: str) -> bool:
+    value = str(text).strip().lower()
+    if value in ("1", "true", "t", "yes"):
+        return True
+    if value in ("0", "false", "f", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _add_bool(parser, name: str, default, help: str) -> None:
+    # TF Serving's flags library takes `--name`, `--name=true` and `--name=false`.
+    parser.add_argument(
+        f"--{name}", type=_parse_bool, nargs="?", const=True, default=default, metavar="BOOL", help=help
+    )
+
+
+def parse_grpc_channel_arguments(text: str) -> list[tuple[str, int | str]]:
+    """`--grpc_channel_arguments`: "key=value,key=value" with integer values passed as ints.
+
+    Raises:
+        ValueError: an entry without "=" or with an empty key.
+    """
+    arguments = []
+    for entry in filter(None, (part.strip() for part in text.split(","))):
+        key, separator, value = entry.partition("=")
+        if not separator or not key:
+            raise ValueError(
+                f"--grpc_channel_arguments: expected key=value entries separated by commas; "
+                f"got {entry!r}"
+            )
+        try:
+            arguments.append((key, int(value)))
+        except ValueError:
+            arguments.append((key, value))
+    return arguments
+
+
+# tensorflow_model_server flags this server accepts and ignores, with why (named in a warning).
+IGNORED_FLAGS = {
+    "allow_version_labels_for_unavailable_models": (
+        _parse_bool,
+        "labels may always name versions that are not loaded yet here",
+    ),
+    "num_unload_threads": (int, "unloading drops a reference and takes no thread"),
+    "max_num_load_retries": (
+        int,
+        "a failed version is loaded again once its directory changes instead of on a timer",
+    ),
+    "load_retry_interval_micros": (
+        int,
+        "a failed version is loaded again once its directory changes instead of on a timer",
+    ),
+    "flush_filesystem_caches": (_parse_bool, "no filesystem caches are kept"),
+    "tensorflow_session_config_file": (
+        str,
+        "TF2 functions run without a Session; use --tensorflow_intra_op_parallelism / "
+        "--tensorflow_inter_op_parallelism",
+    ),
+    "use_alts_credentials": (_parse_bool, "ALTS is not supported; gRPC is served insecure"),
+    "ssl_config_file": (str, "TLS is not supported; gRPC is served insecure (terminate TLS in a proxy)"),
+    "platform_config_file": (str, "only the TensorFlow platform is served"),
+    "per_process_gpu_memory_fraction": (float, "TensorFlow's default GPU memory growth applies"),
+    "remove_unused_fields_from_bundle_metagraph": (_parse_bool, "a memory optimisation of TF Serving's C++ loader"),
+    "prefer_tflite_model": (_parse_bool, "TensorFlow Lite models are not served"),
+    "num_tflite_pools": (int, "TensorFlow Lite models are not served"),
+    "num_tflite_interpreters_per_pool": (int, "TensorFlow Lite models are not served"),
+    "xla_cpu_compilation_enabled": (_parse_bool, "XLA-compiled functions run as TensorFlow compiles them"),
+    "xla_gpu_compilation_enabled": (_parse_bool, "XLA-compiled functions run as TensorFlow compiles them"),
+    "enable_profiler": (_parse_bool, "the TensorFlow profiler service is not served"),
+    "thread_pool_factory_config_file": (str, "requests run on this server's own thread pools"),
+    "mixed_precision": (str, "SavedModels run in the precision they were exported in"),
+    "skip_initialize_tpu": (_parse_bool, "TPUs are not used"),
+}
+
+
 def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Adds TF Serving's flags (and `--host`, `--max_body_bytes`, the admission limits)."""
-    parser.add_argument("--port", type=int, default=8500, help="gRPC port (0 picks a free port). Default 8500.")
+    """Adds `tensorflow_model_server`'s command line (and `--host`, `--max_body_bytes`, the
+    admission limits).
+
+    Every flag TF Serving's `main.cc` lists is accepted: those in `IGNORED_FLAGS` only with a
+    warning naming them (see `ignored_flag_warnings`), the others implemented.
+    """
+    parser.add_argument(
+        "--port", type=int, default=8500, help="gRPC port (0 picks a free port). Default 8500."
+    )
+    parser.add_argument(
+        "--grpc_socket_path",
+        default="",
+        help="Also listen for gRPC on this UNIX socket (relative or absolute path).",
+    )
+    parser.add_argument(
+        "--grpc_channel_arguments",
+        default="",
+        help="Comma-separated gRPC server arguments, e.g. grpc.max_connection_age_ms=2000.",
+    )
+    parser.add_argument(
+        "--grpc_max_threads", type=int, default=None, help="gRPC threads besides those of admitted requests."
+    )
+    _add_bool(
+        parser, "enable_grpc_healthcheck_service", False, "Serve the standard gRPC health service."
+    )
     parser.add_argument(
         "--rest_api_port", type=int, default=8501, help="REST port (0 picks a free port). Default 8501."
     )
+    parser.add_argument(
+        "--rest_api_num_threads",
+        type=int,
+        default=None,
+        help="REST threads besides those of admitted requests. Default: 4 per CPU.",
+    )
+    parser.add_argument(
+        "--rest_api_timeout_in_ms",
+        type=int,
+        default=DEFAULT_REST_API_TIMEOUT_MS,
+        help="REST request timeout (answers 504); <= 0 for none. Default 30000.",
+    )
+    _add_bool(parser, "rest_api_enable_cors_support", False, "Answer REST with CORS headers.")
     parser.add_argument("--model_name", default="default", help="Name of the model. Default 'default'.")
     parser.add_argument(
         "--model_base_path", default=None, help="Directory of integer-named SavedModel versions."
@@ -297,23 +595,74 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "labels). Overrides --model_name/--model_base_path.",
     )
     parser.add_argument(
+        "--model_config_file_poll_wait_seconds",
+        type=float,
+        default=0,
+        help="Seconds between reloads of --model_config_file; 0 reads it once. Default 0.",
+    )
+    parser.add_argument(
         "--file_system_poll_wait_seconds",
         type=float,
         default=1,
         help="Seconds between polls of the base paths for new versions; <= 0 polls once. Default 1.",
     )
+    parser.add_argument(
+        "--num_load_threads", type=int, default=0, help="Versions loaded in parallel (0 means 1)."
+    )
+    _add_bool(parser, "enable_batching", False, "Merge concurrent requests to one signature.")
+    parser.add_argument(
+        "--batching_parameters_file",
+        default="",
+        help="Text BatchingParameters (max_batch_size, batch_timeout_micros, ...).",
+    )
+    _add_bool(
+        parser,
+        "enable_per_model_batching_parameters",
+        False,
+        "Read batching_params.pbtxt from each SavedModel directory (with --enable_batching).",
+    )
+    parser.add_argument(
+        "--monitoring_config_file",
+        default="",
+        help="Text MonitoringConfig; prometheus_config serves metrics on the REST port.",
+    )
+    _add_bool(
+        parser,
+        "enable_serialization_as_tensor_content",
+        False,
+        "gRPC answers carry tensor values in tensor_content instead of the typed fields.",
+    )
+    _add_bool(parser, "enable_model_warmup", True, "Replay assets.extra warmup requests at load.")
+    parser.add_argument(
+        "--num_request_iterations_for_warmup",
+        type=int,
+        default=0,
+        help="Times each warmup request is replayed (used when > 0).",
+    )
+    parser.add_argument(
+        "--saved_model_tags", default="serve", help="Comma-separated MetaGraph tags. Default serve."
+    )
+    _add_bool(
+        parser,
+        "enable_signature_method_name_check",
+        False,
+        "Refuse Classify/Regress on signatures whose method_name is not the API's.",
+    )
+    for name in ("tensorflow_session_parallelism", "tensorflow_intra_op_parallelism",
+                 "tensorflow_inter_op_parallelism"):
+        parser.add_argument(
+            f"--{name}",
+            type=int,
+            default=0,
+            help="TensorFlow threads (0: auto). Session parallelism sets both.",
+        )
+    _add_bool(parser, "version", False, "Print the version and exit.")
     parser.add_argument("--host", default="127.0.0.1", help="Interface to listen on. Default 127.0.0.1.")
     parser.add_argument(
         "--max_body_bytes",
         type=int,
         default=DEFAULT_MAX_BODY_BYTES,
         help=f"Largest request accepted (REST answers 413). Default {DEFAULT_MAX_BODY_BYTES}.",
-    )
-    parser.add_argument(
-        "--rest_api_timeout_in_ms",
-        type=int,
-        default=DEFAULT_REST_API_TIMEOUT_MS,
-        help="REST request timeout (answers 504); <= 0 for none. Default 30000.",
     )
     parser.add_argument(
         "--max_concurrent_requests",
@@ -329,11 +678,98 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         help="Predict requests waiting for an execution slot; more are answered 429 / "
         f"RESOURCE_EXHAUSTED. Default {DEFAULT_MAX_QUEUED_REQUESTS}.",
     )
+    ignored = parser.add_argument_group(
+        "accepted for tensorflow_model_server compatibility and ignored (with a warning)"
+    )
+    for name, (kind, reason) in IGNORED_FLAGS.items():
+        if kind is _parse_bool:
+            ignored.add_argument(
+                f"--{name}", type=_parse_bool, nargs="?", const=True, default=None,
+                metavar="BOOL", help=f"Ignored: {reason}.",
+            )
+        else:
+            ignored.add_argument(f"--{name}", type=kind, default=None, help=f"Ignored: {reason}.")
     return parser
 
 
+def ignored_flag_warnings(args: argparse.Namespace) -> list[str]:
+    """One warning per ignored tensorflow_model_server flag given on the command line."""
+    return [
+        f"--{name} is accepted for compatibility with tensorflow_model_server and ignored: {reason}"
+        for name, (_, reason) in IGNORED_FLAGS.items()
+        if getattr(args, name, None) is not None
+    ]
+
+
+def _read_text_proto(path: str, parse):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as error:
+        raise ValueError(f"Cannot read {path}: {error}") from None
+    return parse(text, path)
+
+
+def configure_tensorflow_threads(intra_op: int, inter_op: int) -> None:
+    """Applies `--tensorflow_{intra,inter}_op_parallelism` (0 leaves TensorFlow's default).
+
+    TensorFlow fixes its thread pools when it first runs an op; later calls that would change
+    them are logged and ignored (as when a Server starts inside a process already using TF).
+    """
+    import tensorflow as tf
+
+    for value, getter, setter, flag in (
+        (intra_op, tf.config.threading.get_intra_op_parallelism_threads,
+         tf.config.threading.set_intra_op_parallelism_threads, "tensorflow_intra_op_parallelism"),
+        (inter_op, tf.config.threading.get_inter_op_parallelism_threads,
+         tf.config.threading.set_inter_op_parallelism_threads, "tensorflow_inter_op_parallelism"),
+    ):
+        if value <= 0 or getter() == value:
+            continue
+        try:
+            setter(value)
+        except RuntimeError:
+            logger.warning(
+                "--%s=%d not applied: TensorFlow in this process is already running", flag, value
+            )
+
+
 def server_from_args(args: argparse.Namespace) -> Server:
-    """A `Server` configured from `add_serve_arguments` flags."""
+    """A `Server` configured from `add_serve_arguments` flags.
+
+    Raises:
+        ValueError: a flag value or a file it names is invalid.
+    """
+    for warning in ignored_flag_warnings(args):
+        logger.warning(warning)
+    if args.port and args.rest_api_port and args.port == args.rest_api_port:
+        raise ValueError(
+            "--rest_api_port cannot be same as --port. Please use a different port for HTTP/REST API."
+        )
+    batching = None
+    if args.enable_batching:
+        from keras_dropout.serving.batching import BatchingOptions
+        from keras_dropout.serving.config_protos import parse_batching_parameters
+
+        if args.batching_parameters_file:
+            parameters = _read_text_proto(args.batching_parameters_file, parse_batching_parameters)
+            batching = BatchingOptions.from_proto(parameters)
+        else:
+            batching = BatchingOptions()
+    elif args.batching_parameters_file:
+        logger.warning("--batching_parameters_file is ignored without --enable_batching")
+    monitoring_path = None
+    if args.monitoring_config_file:
+        from keras_dropout.serving.config_protos import parse_monitoring_config
+        from keras_dropout.serving.monitoring import prometheus_path
+
+        config = _read_text_proto(args.monitoring_config_file, parse_monitoring_config)
+        monitoring_path = prometheus_path(config)
+    session_threads = args.tensorflow_session_parallelism
+    configure_tensorflow_threads(
+        args.tensorflow_intra_op_parallelism or session_threads,
+        args.tensorflow_inter_op_parallelism or session_threads,
+    )
     timeout_ms = args.rest_api_timeout_in_ms
     return Server(
         model_name=args.model_name,
@@ -347,7 +783,36 @@ def server_from_args(args: argparse.Namespace) -> Server:
         request_timeout_s=timeout_ms / 1000 if timeout_ms > 0 else None,
         max_concurrent_requests=args.max_concurrent_requests,
         max_queued_requests=args.max_queued_requests,
+        num_load_threads=max(1, args.num_load_threads),
+        grpc_socket_path=args.grpc_socket_path or None,
+        grpc_channel_arguments=parse_grpc_channel_arguments(args.grpc_channel_arguments),
+        grpc_max_threads=args.grpc_max_threads,
+        enable_grpc_healthcheck_service=args.enable_grpc_healthcheck_service,
+        rest_api_num_threads=args.rest_api_num_threads,
+        rest_api_enable_cors_support=args.rest_api_enable_cors_support,
+        model_config_file_poll_wait_seconds=args.model_config_file_poll_wait_seconds,
+        batching=batching,
+        per_model_batching=args.enable_batching and args.enable_per_model_batching_parameters,
+        monitoring_path=monitoring_path,
+        tensor_content=args.enable_serialization_as_tensor_content,
+        enable_model_warmup=args.enable_model_warmup,
+        num_request_iterations_for_warmup=max(1, args.num_request_iterations_for_warmup),
+        saved_model_tags=tuple(t.strip() for t in args.saved_model_tags.split(",") if t.strip()),
+        enable_signature_method_name_check=args.enable_signature_method_name_check,
     )
+
+
+def version_text() -> str:
+    """What `--version` prints, in TF Serving's two lines."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import tensorflow as tf
+
+    try:
+        own = version("keras-dropout")
+    except PackageNotFoundError:
+        own = "unknown"
+    return f"TensorFlow ModelServer: keras-dropout {own}\nTensorFlow Library: {tf.__version__}"
 
 
 def serve_forever(args: argparse.Namespace) -> int:
@@ -355,8 +820,11 @@ def serve_forever(args: argparse.Namespace) -> int:
 
     Prints TF Serving's two start-up lines ("Running gRPC ModelServer at HOST:PORT ..." and
     "Exporting HTTP/REST API at:HOST:PORT ...") once both ports listen. Exit code 0 after a
-    signal, 2 for bad flags or config, 1 when the server cannot start.
+    signal (or `--version`), 2 for bad flags or config, 1 when the server cannot start.
     """
+    if getattr(args, "version", False):
+        print(version_text())
+        return 0
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:

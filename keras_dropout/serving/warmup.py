@@ -3,7 +3,7 @@
 TF Serving replays `assets.extra/tf_serving_warmup_requests` (a TFRecord of
 `PredictionLog` protos, at most 1000) when it loads a version, so the first
 real request does not pay for graph initialisation; a failing record fails
-the load.
+the load. `replay_warmup` is that replay, for the server and `check` alike.
 """
 
 import os
@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+MAX_WARMUP_RECORDS = 1000  # TF Serving's limit; more fails the load.
 
 
 def _serving_apis():
@@ -81,3 +82,75 @@ def read_warmup_requests(saved_model_path):
         log.ParseFromString(record.numpy())
         logs.append(log)
     return logs
+
+
+def replay_warmup(servable, iterations: int = 1) -> int:
+    """Replays a loaded version's warmup file against it, as TF Serving does at load time.
+
+    The one replay both the server (`servables.load_servable`) and `check` use. Predict,
+    Classify, Regress and MultiInference logs are replayed, each `iterations` times (TF
+    Serving's `--num_request_iterations_for_warmup`); the first failure stops the replay.
+
+    Args:
+        servable: a `servables.Servable` (its `path` holds the warmup file).
+        iterations: times each record is replayed (at least 1).
+
+    Returns:
+        The number of records replayed (0 when the version has no warmup file).
+
+    Raises:
+        ServingError: more than 1000 records, an unreadable file, a record of a kind that
+            cannot be replayed, or a failing request (its own code, the record named).
+    """
+    from keras_dropout.serving import inference
+    from keras_dropout.serving import tensors
+    from keras_dropout.serving.errors import ServingError
+    from keras_dropout.serving.errors import from_tf_error
+
+    path = os.path.join(servable.path, WARMUP_FILE)
+    if not tf.io.gfile.exists(path):
+        return 0
+    try:
+        logs = read_warmup_requests(servable.path)
+    except Exception as error:  # tf's DataLossError for a bad TFRecord; DecodeError for a bad log.
+        code = from_tf_error(error).code if isinstance(error, tf.errors.OpError) else "DATA_LOSS"
+        raise ServingError(
+            code, f"Warmup file {path} does not parse as PredictionLog TFRecords: {error}"
+        ) from None
+    if len(logs) > MAX_WARMUP_RECORDS:
+        raise ServingError(
+            "INVALID_ARGUMENT",
+            f"Number of warmup records exceeds the maximum ({MAX_WARMUP_RECORDS}) at {path}: "
+            f"{len(logs)} records",
+        )
+
+    def predict(request):
+        inputs = {
+            key: tensors.tensor_proto_to_array(proto, key) for key, proto in request.inputs.items()
+        }
+        servable.run(request.model_spec.signature_name, inputs, list(request.output_filter))
+
+    replays = {
+        "predict_log": predict,
+        "classify_log": lambda request: inference.classify(servable, request),
+        "regress_log": lambda request: inference.regress(servable, request),
+        "multi_inference_log": lambda request: inference.multi_inference(servable, request),
+    }
+    for number, log in enumerate(logs, start=1):
+        kind = log.WhichOneof("log_type")
+        if kind not in replays:
+            raise ServingError(
+                "UNIMPLEMENTED", f"Unsupported log_type for warmup: {kind} (record {number} of {path})"
+            )
+        request = getattr(log, kind).request
+        try:
+            for _ in range(max(1, iterations)):
+                replays[kind](request)
+        except ServingError as error:
+            signature = getattr(request, "model_spec", None)
+            about = f", signature '{signature.signature_name or 'serving_default'}'" if signature else ""
+            raise ServingError(
+                error.code,
+                f"Warmup record {number} of {path} ({kind}{about}) failed: {error.message}",
+            ) from None
+    return len(logs)
