@@ -20,7 +20,10 @@ What is used:
 - TensorFlow (imported only when used): `control_flow_util.
   GraphOrParentsInXlaContext` (masks pick Philox outside XLA),
   `loader_impl.parse_saved_model` and `op_def_registry` (what `check` and
-  the server read from a SavedModel without loading it);
+  the server read from a SavedModel without loading it), and
+  `Session._make_callable_from_options` (the C++ `Session::MakeCallable`: the
+  server runs signatures as TF Serving does, feeding tensors by name with no
+  Python-side shape check);
 - the methods through which Keras' layers apply dropout internally, which
   `install_call_hooks` wraps: `call` of the dropout-family layers,
   `RNN.call`, `DropoutRNNCell._create_dropout_mask`,
@@ -226,3 +229,16 @@ def is_registered_tf_op(name):
     from tensorflow.python.framework import op_def_registry
 
     return op_def_registry.get(name) is not None
+
+
+def session_callable(session, feeds, fetches):
+    """A callable running `session` on `feeds` (tensor names, positional arguments) to `fetches`.
+
+    The public `Session.make_callable` routes feeds through `Session.run`, which refuses a
+    value whose shape differs from the placeholder's; TF Serving's `Session::Run` does not.
+    """
+    from tensorflow.core.protobuf import config_pb2
+
+    return session._make_callable_from_options(
+        config_pb2.CallableOptions(feed=list(feeds), fetch=list(fetches))
+    )

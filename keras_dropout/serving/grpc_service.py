@@ -199,6 +199,8 @@ def _predict_work(service: PredictionService, request):
     def work(servable, record):
         signature_name = servable.resolve_signature(request.model_spec.signature_name)
         record.signature_name = signature_name
+        if service._method_name_check:
+            inference.check_predict_method_name(servable, signature_name)
         inputs = {
             name: tensors.tensor_proto_to_array(proto, name, max_bytes=service._max_tensor_bytes)
             for name, proto in request.inputs.items()
@@ -209,8 +211,9 @@ def _predict_work(service: PredictionService, request):
         response.model_spec.version.value = servable.version
         response.model_spec.signature_name = signature_name
         for name, array in outputs.items():
-            options = {"tensor_content": True} if service._tensor_content else {}  # TEMP until C lands
-            response.outputs[name].CopyFrom(tensors.array_to_tensor_proto(array, **options))
+            response.outputs[name].CopyFrom(
+                tensors.array_to_tensor_proto(array, tensor_content=service._tensor_content)
+            )
         return response
 
     return work

@@ -108,6 +108,29 @@ def _find_signature(servable, signature_name: str, not_found: str):
     return name, signature
 
 
+PREDICT_METHOD_NAMES = (
+    tf.saved_model.PREDICT_METHOD_NAME,
+    CLASSIFY_METHOD_NAME,
+    REGRESS_METHOD_NAME,
+)
+
+
+def check_predict_method_name(servable, signature_name: str) -> None:
+    """Predict's side of `--enable_signature_method_name_check` (TF Serving's predict_util.cc).
+
+    Predict runs predict, classify and regress signatures alike; any other method_name is
+    refused (INTERNAL, as TF Serving answers it).
+    """
+    signature = servable.signature_def(signature_name)
+    if signature is not None and signature.method_name not in PREDICT_METHOD_NAMES:
+        raise ServingError(
+            "INTERNAL",
+            "Expected prediction signature method_name to be one of {"
+            + ", ".join(PREDICT_METHOD_NAMES)
+            + f"}}. Was: {signature.method_name}",
+        )
+
+
 def _check_method(signature, expected: str, kind: str, check_method_name: bool) -> None:
     if check_method_name and signature.method_name != expected:
         raise _invalid(

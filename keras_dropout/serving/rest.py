@@ -29,7 +29,6 @@ pool (so TensorFlow never blocks the event loop) and applies the size limit and 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import urllib.parse
@@ -80,8 +79,8 @@ def http_status(code: str) -> int:
 
 
 def dumps(value) -> bytes:
-    """JSON with NaN/Infinity tokens, as TF Serving writes them."""
-    return json.dumps(value, allow_nan=True, separators=(",", ":")).encode("utf-8")
+    """JSON as TF Serving writes it: NaN/Infinity tokens, its float formatting (`tensors.dumps`)."""
+    return tensors.dumps(value)
 
 
 def error_body(message: str) -> bytes:
@@ -114,9 +113,10 @@ def parse_predict_body(body: bytes) -> tuple[str, str, object]:
             f"JSON Value: {tensors.json_value_text(members)} Not formatted correctly expecting "
             "only one of 'inputs' or 'instances' keys to exist",
         )
-    for key, payload in members.items():
-        return signature_name, key, payload
-    raise ServingError("INVALID_ARGUMENT", "Missing 'inputs' or 'instances' key")
+    if not members:
+        raise ServingError("INVALID_ARGUMENT", "Missing 'inputs' or 'instances' key")
+    ((key, payload),) = members.items()
+    return signature_name, key, payload
 
 
 class RestHandler:
@@ -158,6 +158,9 @@ class RestHandler:
             return 500, error_body(f"Internal error: {type(error).__name__}: {error}")
 
     def _dispatch(self, method: str, path: str, body: bytes):
+        if not path.lower().startswith("/v1/"):
+            # TF Serving hands only (?i)/v1/.* to its REST API; any other path is not found.
+            raise ServingError("NOT_FOUND", f"No REST API at {path}: its paths start with /v1/")
         if method == "POST":
             match = _PREDICT_PATH.fullmatch(path)
             if match:
@@ -189,6 +192,8 @@ class RestHandler:
         specs = servable.input_specs(signature_name)
         if record is not None:
             record.signature_name = servable.resolve_signature(signature_name)
+        if self._method_name_check:
+            inference.check_predict_method_name(servable, servable.resolve_signature(signature_name))
         if key == "instances":
             arrays = tensors.instances_to_arrays(payload, specs)
             return {"predictions": tensors.outputs_to_predictions(servable.run(signature_name, arrays))}

@@ -15,16 +15,25 @@
   showing LOADING meanwhile; retrying on change reports the error without a 5-minute delay and
   never reloads a directory that cannot have been fixed.
 - `Servable`: one loaded version. Runs a named signature from the SavedModel's SignatureDefs
-  (`loaded.signatures[name](**tensors)`) and knows nothing about the model beyond them.
+  as TF Serving does: the MetaGraph is loaded into a `tf.compat.v1.Session` (TF1 and
+  `tf.saved_model.save` SavedModels alike) and a request feeds its tensors to the signature's
+  input tensors by name, checked for dtype only. Like TF Serving it does not hold inputs to the
+  SignatureDef's static shapes (`{"instances": [1.0, 2.0, 5.0]}` to half_plus_two's [-1, 1]
+  input answers three values); the graph's own ops refuse what they cannot compute. It knows
+  nothing about the model beyond the SignatureDefs.
 
 Protocol code (REST, gRPC) talks to this module only through `ModelManager.servable`,
-`ModelManager.status`, `Servable.input_specs`, `Servable.run` and `Servable.signature_def_map`.
+`ModelManager.status`, `Servable.input_specs`, `Servable.run`, `Servable.signature_def` and
+`Servable.signature_def_map`.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
+import importlib
+import importlib.util
 import logging
 import os
 import re
@@ -46,6 +55,8 @@ from keras_dropout.serving.warmup import replay_warmup
 logger = logging.getLogger("keras_dropout.serving")
 
 DEFAULT_SIGNATURE = "serving_default"
+# The SignatureDef tf.saved_model.save adds for its initializers; not a servable signature.
+_INIT_OP_SIGNATURE = "__saved_model_init_op"
 SERVE_TAG = "serve"
 
 _VERSION_DIR = re.compile(r"\d+")
@@ -117,7 +128,10 @@ def parse_model_config(text: str, source: str = "<model config>") -> list[ModelC
     try:
         text_format.Parse(text, config)
     except text_format.ParseError as error:
-        raise ValueError(f"{source}: not a valid ModelServerConfig text proto: {error}") from None
+        # TF Serving's words (protobuf's text-format parser), then where it failed.
+        raise ValueError(
+            f"{source}: Error parsing text-format tensorflow.serving.ModelServerConfig: {error}"
+        ) from None
     if config.WhichOneof("config") == "custom_model_config":
         raise ValueError(f"{source}: custom_model_config is not supported; use model_config_list")
     models = []
@@ -173,27 +187,55 @@ def model_configs(
 # ----------------------------------------------------------------------------- execution
 
 
-class Servable:
-    """One loaded version of a model: its SignatureDefs and the functions that run them.
+# TensorFlow's C++ names of the dtypes whose Python names differ (DataTypeString).
+_CPP_DTYPE_NAMES = {"float32": "float", "float64": "double", "float16": "half"}
 
-    Built by `load_servable`. Thread-safe: signatures write no state, so concurrent `run` calls
-    are fine.
+
+def _cpp_dtype_name(dtype: tf.DType) -> str:
+    return _CPP_DTYPE_NAMES.get(dtype.name, dtype.name)
+
+
+def _dtype_of(array: np.ndarray) -> tf.DType | None:
+    """The dtype a fed array arrives as (object and bytes arrays are strings)."""
+    if array.dtype.kind in "OSU":
+        return tf.string
+    try:
+        return tf.as_dtype(array.dtype)
+    except TypeError:
+        return None
+
+
+class Servable:
+    """One loaded version of a model: its SignatureDefs and the session that runs them.
+
+    Built by `load_servable`. Thread-safe: a `tf.compat.v1.Session` runs concurrent calls.
+
+    Args:
+        name: the model's name.
+        version: the version number.
+        path: the version directory.
+        session: a `tf.compat.v1.Session` holding the loaded MetaGraph.
+        signature_defs: the MetaGraph's SignatureDefs by name.
     """
 
-    def __init__(self, name: str, version: int, path: str, loaded, signature_defs: Mapping):
+    def __init__(self, name: str, version: int, path: str, session, signature_defs: Mapping):
         self.name = name
         self.version = version
         self.path = path
-        self._loaded = loaded
+        self._session = session
         self._signature_defs = dict(signature_defs)
         self._specs: dict[str, dict[str, tf.TensorSpec]] = {}
-        self._specs_lock = threading.Lock()
+        self._callables: dict[tuple, Callable] = {}
+        self._lock = threading.Lock()
         self._batcher = None
+        # With batching: requests inside `run`, and whether the version is being unloaded.
+        self._in_flight = 0
+        self._closing = False
 
     @property
     def signature_names(self) -> list[str]:
         """Names of the signatures that can be run (no `__saved_model_init_op`)."""
-        return sorted(name for name in self._signature_defs if name in self._loaded.signatures)
+        return sorted(name for name in self._signature_defs if name != _INIT_OP_SIGNATURE)
 
     def signature_def_map(self) -> get_model_metadata_pb2.SignatureDefMap:
         """All SignatureDefs, as TF Serving's GetModelMetadata returns them."""
@@ -214,7 +256,7 @@ class Servable:
     def resolve_signature(self, signature_name: str | None) -> str:
         """The signature's name ("" or None means serving_default); FAILED_PRECONDITION if absent."""
         name = signature_name or DEFAULT_SIGNATURE
-        if name not in self._signature_defs or name not in self._loaded.signatures:
+        if name not in self._signature_defs or name == _INIT_OP_SIGNATURE:
             raise ServingError(
                 "FAILED_PRECONDITION",
                 f'Serving signature key "{name}" not found. Signatures of model {self.name} '
@@ -225,7 +267,7 @@ class Servable:
     def input_specs(self, signature_name: str | None) -> dict[str, tf.TensorSpec]:
         """The signature's inputs as `tf.TensorSpec`s keyed by input name."""
         name = self.resolve_signature(signature_name)
-        with self._specs_lock:
+        with self._lock:
             if name not in self._specs:
                 specs = {}
                 for key, info in self._signature_defs[name].inputs.items():
@@ -257,12 +299,13 @@ class Servable:
 
         Args:
             signature_name: "" or None for serving_default.
-            inputs: exactly the signature's inputs, each with its dtype and a compatible shape.
+            inputs: exactly the signature's inputs, each with its dtype (shapes are the graph's
+                business, as in TF Serving).
             output_filter: output names to return (all when empty), as in PredictRequest.
 
         Raises:
             ServingError: FAILED_PRECONDITION for an unknown signature; INVALID_ARGUMENT for
-                missing/extra inputs, wrong dtype or shape, a bad output filter, or an in-graph
+                missing/extra inputs, a wrong dtype, a bad output filter, or an in-graph
                 assertion failing; the TF error's own code for other failures in the graph.
         """
         name = self.resolve_signature(signature_name)
@@ -280,29 +323,55 @@ class Servable:
         if len(set(wanted)) != len(wanted):
             duplicate = next(alias for alias in wanted if wanted.count(alias) > 1)
             raise ServingError("INVALID_ARGUMENT", f"duplicate output tensor alias: {duplicate}")
-        for key, array in inputs.items():
-            tensors.check_input(key, array, specs[key])
-        if self._batcher is not None:
+        for index, key in enumerate(sorted(inputs)):
+            given = _dtype_of(np.asarray(inputs[key]))
+            if given != specs[key].dtype:
+                # TF Serving's Session::Run words this; arguments are fed in name order.
+                raise ServingError(
+                    "INVALID_ARGUMENT",
+                    f"Expects arg[{index}] to be {_cpp_dtype_name(specs[key].dtype)} but "
+                    f"{_cpp_dtype_name(given) if given is not None else inputs[key].dtype} "
+                    f"is provided (input '{key}')",
+                )
+        if self._batcher is None:
+            return self._execute(name, inputs, tuple(wanted))
+        with self._lock:
+            self._in_flight += 1
+        try:
             return self._batcher.run(name, dict(inputs), tuple(wanted))
-        return self._execute(name, inputs, tuple(wanted))
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+                last = self._closing and not self._in_flight
+            if last:
+                self._batcher.close()
+
+    def _callable(self, name: str, feeds: tuple[str, ...], fetches: tuple[str, ...]):
+        key = (name, feeds, fetches)
+        with self._lock:
+            function = self._callables.get(key)
+            if function is None:
+                signature = self._signature_defs[name]
+                function = _keras_internals.session_callable(
+                    self._session,
+                    [signature.inputs[alias].name for alias in feeds],
+                    [signature.outputs[alias].name for alias in fetches],
+                )
+                self._callables[key] = function
+            return function
 
     def _execute(
         self, name: str, inputs: Mapping[str, np.ndarray], output_filter: Sequence[str]
     ) -> dict[str, np.ndarray]:
-        """One call of a checked signature (a merged batch, with batching)."""
-        specs = self.input_specs(name)
-        function = self._loaded.signatures[name]
+        """One session call of a checked signature (a merged batch, with batching)."""
+        feeds = tuple(sorted(inputs))
+        fetches = tuple(sorted(output_filter or self._signature_defs[name].outputs))
+        function = self._callable(name, feeds, fetches)
         try:
-            result = function(
-                **{key: tf.constant(array, dtype=specs[key].dtype) for key, array in inputs.items()}
-            )
-            return {
-                key: value.numpy()
-                for key, value in result.items()
-                if not output_filter or key in output_filter
-            }
+            values = function(*(np.asarray(inputs[alias]) for alias in feeds))
         except tf.errors.OpError as error:
             raise from_tf_error(error) from None
+        return {alias: np.asarray(value) for alias, value in zip(fetches, values)}
 
     def enable_batching(self, options, on_batch: Callable[[str, int], None] | None = None) -> None:
         """Merges concurrent `run` calls from now on (TF Serving's `--enable_batching`).
@@ -321,9 +390,29 @@ class Servable:
         self._batcher = Batcher(options, execute)
 
     def close(self) -> None:
-        """Stops the batching threads, if any (the version is being unloaded)."""
-        if self._batcher is not None:
+        """Stops the batching threads, if any, once the requests in flight have their answers
+        (the version is being unloaded).
+
+        The session itself closes when the last request lets go of the servable.
+        """
+        if self._batcher is None:
+            return
+        with self._lock:
+            self._closing = True
+            idle = not self._in_flight
+        if idle:
             self._batcher.close()
+
+
+# Python packages whose import registers TensorFlow ops SavedModels use; TF Serving links them in.
+OP_LIBRARIES = ("tensorflow_text",)
+
+
+@functools.cache
+def _load_op_libraries() -> None:
+    for module in OP_LIBRARIES:
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module)
 
 
 def load_servable(
@@ -334,8 +423,9 @@ def load_servable(
     warmup: bool = True,
     warmup_iterations: int = 1,
     tags: Sequence[str] = (SERVE_TAG,),
+    session_config=None,
 ) -> Servable:
-    """Loads one version directory (a SavedModel) and replays its warmup file.
+    """Loads one version directory (a SavedModel) into a session and replays its warmup file.
 
     Args:
         name: the model's name.
@@ -344,6 +434,7 @@ def load_servable(
         warmup: replay `assets.extra/tf_serving_warmup_requests` (`--enable_model_warmup`).
         warmup_iterations: times each warmup record runs (`--num_request_iterations_for_warmup`).
         tags: the MetaGraph's tag set (`--saved_model_tags`).
+        session_config: a `tf.compat.v1.ConfigProto` for the session (thread pools).
 
     Raises:
         ServingError: NOT_FOUND (no saved_model.pb / no MetaGraph with `tags`), DATA_LOSS
@@ -361,25 +452,29 @@ def load_servable(
         saved_model = _keras_internals.parse_saved_model(path)
     except Exception as error:  # OSError wrapping a protobuf DecodeError, mostly.
         raise ServingError("DATA_LOSS", f"Cannot read the SavedModel at {path}: {error}") from None
-    meta_graph = next(
-        (m for m in saved_model.meta_graphs if sorted(set(m.meta_info_def.tags)) == tags), None
-    )
-    if meta_graph is None:
+    if not any(sorted(set(m.meta_info_def.tags)) == tags for m in saved_model.meta_graphs):
         raise ServingError(
             "NOT_FOUND",
             f"Could not find meta graph def matching supplied tags: {{ {' '.join(tags)} }}. "
             f"To inspect available tag-sets in the SavedModel, please use the SavedModel CLI: "
             f"`saved_model_cli show --dir {path}`",
         )
+    _load_op_libraries()
+    graph = tf.Graph()
+    session = tf.compat.v1.Session(graph=graph, config=session_config)
     try:
-        loaded = tf.saved_model.load(path, tags=tags)
+        with graph.as_default():
+            meta_graph = tf.compat.v1.saved_model.loader.load(session, tags, path)
     except tf.errors.OpError as error:
+        session.close()
         raise from_tf_error(error) from None
     except Exception as error:
+        session.close()
         raise ServingError(
             "INTERNAL", f"Failed to load the SavedModel at {path}: {type(error).__name__}: {error}"
         ) from None
-    servable = Servable(name, version, path, loaded, meta_graph.signature_def)
+    graph.finalize()  # Requests only run it; nothing may add to it.
+    servable = Servable(name, version, path, session, meta_graph.signature_def)
     if warmup:
         replayed = replay_warmup(servable, warmup_iterations)
         if replayed:

@@ -755,9 +755,13 @@ def server_from_args(args: argparse.Namespace) -> Server:
             parameters = _read_text_proto(args.batching_parameters_file, parse_batching_parameters)
             batching = BatchingOptions.from_proto(parameters)
         else:
-            batching = BatchingOptions()
+            # TF Serving's defaults, and the name it gives its batch threads.
+            batching = BatchingOptions(thread_pool_name="model_server_batch_threads")
     elif args.batching_parameters_file:
-        logger.warning("--batching_parameters_file is ignored without --enable_batching")
+        raise ValueError(
+            "server_options.batching_parameters_file is set without setting "
+            "server_options.enable_batching to true."
+        )
     monitoring_path = None
     if args.monitoring_config_file:
         from keras_dropout.serving.config_protos import parse_monitoring_config
