@@ -239,6 +239,13 @@ def session_callable(session, feeds, fetches):
     """
     from tensorflow.core.protobuf import config_pb2
 
+    if not hasattr(session, "_make_callable_from_options"):
+        import tensorflow as tf
+
+        raise KerasInternalsError(
+            "The embedded server needs tf.compat.v1.Session._make_callable_from_options, which "
+            f"TensorFlow {tf.__version__} does not have; install a TensorFlow that has it."
+        )
     return session._make_callable_from_options(
         config_pb2.CallableOptions(feed=list(feeds), fetch=list(fetches))
     )

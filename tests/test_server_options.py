@@ -444,3 +444,82 @@ def test_monitoring_disabled_serves_no_metrics(tmp_path, root):
         server.stop(grace=1)
     assert response.status_code != 200
     assert "error" in json.loads(response.text)
+
+
+# ----------------------------------------------------------------------------- review cases
+
+
+def test_reload_config_request_swaps_models_and_unloads_a_removed_specific_policy(tmp_path, root):
+    from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
+
+    shutil.copytree(root / "hp2", tmp_path / "first")
+    tfs_models.save_half_plus_two(str(tmp_path / "second" / "1"), b=3.0)
+    config = tmp_path / "models.config"
+    fixtures.write_model_config(
+        str(config),
+        {"first": (str(tmp_path / "first"), ["model_version_policy { specific { versions: 123 } }"])},
+    )
+    server = start(f"--model_config_file={config}")
+    try:
+        first = server.manager.servable("first")
+        request = model_management_pb2.ReloadConfigRequest()
+        entry = request.config.model_config_list.config.add()
+        entry.name, entry.base_path, entry.model_platform = "second", str(tmp_path / "second"), "tensorflow"
+        with grpc.insecure_channel(server.grpc_target) as channel:
+            reply = model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(
+                request, timeout=60
+            )
+        assert reply.status.error_code == 0
+        assert server.manager.wait_until_idle(60)
+        response = requests.post(
+            f"{server.rest_url}/v1/models/second:predict", json={"instances": [[2.0]]}, timeout=30
+        )
+        assert response.json() == {"predictions": [[4.0]]}
+        # The removed model's version is unloaded although its policy named it.
+        status = server.manager._models["first"].versions[123]
+        assert status.state == "END" and status.servable is None
+        # A request holding the unloaded version still gets its answer.
+        assert first.run("", {"x": np.array([[2.0]], np.float32)})["y"].tolist() == [[3.0]]
+        bad = model_management_pb2.ReloadConfigRequest()
+        bad.config.model_config_list.config.add(name="nameless")  # no base_path
+        with grpc.insecure_channel(server.grpc_target) as channel:
+            with pytest.raises(grpc.RpcError) as raised:
+                model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(
+                    bad, timeout=60
+                )
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "base_path" in raised.value.details()
+    finally:
+        server.stop(grace=1)
+
+
+def test_a_batched_version_being_unloaded_still_answers_requests_in_hand(root):
+    from keras_dropout.serving.batching import BatchingOptions
+    from keras_dropout.serving.servables import load_servable
+
+    servable = load_servable(
+        "hp2",
+        123,
+        str(root / "hp2" / "00000123"),
+        batching=BatchingOptions(max_batch_size=4, num_batch_threads=1),
+    )
+    servable.close()
+    assert servable.run("", {"x": np.array([[2.0]], np.float32)})["y"].tolist() == [[3.0]]
+
+
+def test_session_config_file_is_applied_and_a_bad_one_refused(tmp_path, root):
+    good = tmp_path / "session.config"
+    good.write_text("allow_soft_placement: true\nintra_op_parallelism_threads: 1\n")
+    args = parse_flags(
+        "--model_name=hp2", f"--model_base_path={root / 'hp2'}",
+        f"--tensorflow_session_config_file={good}", "--tensorflow_inter_op_parallelism=1",
+    )
+    server = server_module.server_from_args(args)
+    options = server.manager._loader.keywords
+    assert options["session_config"].allow_soft_placement
+    assert options["session_config"].inter_op_parallelism_threads == 1
+    bad = tmp_path / "bad.config"
+    bad.write_text("no_such_field: 3\n")
+    args = parse_flags("--model_base_path=/x", f"--tensorflow_session_config_file={bad}")
+    with pytest.raises(ValueError, match="tensorflow.ConfigProto"):
+        server_module.server_from_args(args)

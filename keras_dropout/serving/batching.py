@@ -39,7 +39,10 @@ teardown runs them.
 
 ```python
 options = BatchingOptions.from_proto(config_protos.parse_batching_parameters(text, path))
-with Batcher(options, servable.run) as batcher:
+def run_signature(signature_name, inputs, output_filter):  # one merged call, e.g. a Session run
+    return {"y": inputs["x"] * 2}
+
+with Batcher(options, run_signature) as batcher:
     outputs = batcher.run("mc", {"x": rows})        # blocks; returns this caller's rows
     future = batcher.submit("mc", {"x": more_rows})  # or a concurrent.futures.Future
 ```

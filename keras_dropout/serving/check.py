@@ -2,9 +2,9 @@
 
 import os
 
-
 from keras_dropout import _keras_internals
 from keras_dropout.serving.warmup import WARMUP_FILE
+
 _PY_FUNC_OPS = {"PyFunc", "PyFuncStateless", "EagerPyFunc"}
 _VARIABLE_WRITE_PREFIXES = (
     "Assign",

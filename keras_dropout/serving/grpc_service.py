@@ -1,9 +1,8 @@
 """TF Serving's gRPC API over a `ModelManager`.
 
 `tensorflow.serving.PredictionService`: Predict, Classify, Regress, MultiInference (see
-`inference.py`) and GetModelMetadata. `tensorflow.serving.ModelService`: GetModelStatus
-(HandleReloadConfigRequest answers UNIMPLEMENTED: reload the config file instead, see
-`--model_config_file_poll_wait_seconds`). Failures carry the same canonical codes and
+`inference.py`) and GetModelMetadata. `tensorflow.serving.ModelService`: GetModelStatus and
+HandleReloadConfigRequest (the new ModelServerConfig applies as a reloaded config file does). Failures carry the same canonical codes and
 messages as the REST API: unknown model NOT_FOUND, unknown signature FAILED_PRECONDITION,
 missing/extra inputs or a wrong dtype INVALID_ARGUMENT. Input TensorProtos are not cast: their
 dtype must be the signature's, as with TF Serving. A TensorProto declaring more bytes than a
@@ -24,6 +23,7 @@ import logging
 
 import grpc
 from tensorflow_serving.apis import get_model_metadata_pb2
+from tensorflow_serving.apis import model_management_pb2
 from tensorflow_serving.apis import model_pb2
 from tensorflow_serving.apis import model_service_pb2_grpc
 from tensorflow_serving.apis import predict_pb2
@@ -35,6 +35,7 @@ from keras_dropout.serving.admission import Admission
 from keras_dropout.serving.errors import ServingError
 from keras_dropout.serving.monitoring import Metrics
 from keras_dropout.serving.servables import ModelManager
+from keras_dropout.serving.servables import model_configs_from_proto
 
 logger = logging.getLogger("keras_dropout.serving")
 
@@ -62,14 +63,6 @@ def _answer_errors(method):
             context.abort(grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}")
 
     return wrapper
-
-
-def _unimplemented(name):
-    def method(self, request, context):
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{name} is not implemented by this server")
-
-    method.__name__ = name
-    return method
 
 
 def _required_spec(request):
@@ -139,10 +132,11 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     @_answer_errors
     def Classify(self, request, context):
         def work(servable, record):
-            record.signature_name = request.model_spec.signature_name or "serving_default"
             response = inference.classify(
                 servable, request, check_method_name=self._method_name_check
             )
+            # Named once it exists: a client's string never becomes a metric label.
+            record.signature_name = response.model_spec.signature_name
             self._metrics.record_examples(servable.name, len(response.result.classifications))
             return response
 
@@ -151,10 +145,10 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     @_answer_errors
     def Regress(self, request, context):
         def work(servable, record):
-            record.signature_name = request.model_spec.signature_name or "serving_default"
             response = inference.regress(
                 servable, request, check_method_name=self._method_name_check
             )
+            record.signature_name = response.model_spec.signature_name
             self._metrics.record_examples(servable.name, len(response.result.regressions))
             return response
 
@@ -238,7 +232,17 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
             record.model_name = spec.name
             return self._manager.status(*_spec_choice(spec))
 
-    HandleReloadConfigRequest = _unimplemented("HandleReloadConfigRequest")
+    @_answer_errors
+    def HandleReloadConfigRequest(self, request, context):
+        """Serves the request's ModelServerConfig from now on, as `--model_config_file` reloads."""
+        response = model_management_pb2.ReloadConfigResponse()
+        try:
+            configs = model_configs_from_proto(request.config, "ReloadConfigRequest")
+        except ValueError as error:
+            raise ServingError("INVALID_ARGUMENT", str(error)) from None
+        self._manager.reconfigure(configs)
+        response.status.error_code = 0
+        return response
 
 
 def add_services(

@@ -23,10 +23,12 @@ converted. Every failure is a `ServingError`, mostly INVALID_ARGUMENT.
   that signatures saved by `tf.saved_model.save` (whose method_name is always
   tensorflow/serving/predict) can be classified and regressed. When on, a signature's
   method_name must be tensorflow/serving/classify or tensorflow/serving/regress.
-- MultiInference runs each task's signature as its own function, as TF Serving's TFRT runtime
+- MultiInference runs each task's signature as a call of its own, as TF Serving's TFRT runtime
   does, so it has no "Input tensor must be the same for all Signatures." rule: that rule of the
-  session runtime (one feed for all signatures) would refuse every multi-signature request to a
-  `tf.saved_model.save` model, whose signatures each get their own input placeholder.
+  session runtime (one Session::Run feeding all signatures) would refuse every multi-signature
+  request to a `tf.saved_model.save` model, whose signatures each get their own input
+  placeholder. Where TF Serving's session runtime makes that one run, a stochastic or stateful
+  graph here draws (or advances) once per task instead of once per request.
 - The servable is given: finding it (`model_spec` name, version or label) is the caller's
   business, as in TF Serving's services. Responses name `model_spec.name` as the request does,
   the servable's version, and the signature (serving_default when the request left it empty).
@@ -52,10 +54,10 @@ from tensorflow_serving.apis import inference_pb2
 from tensorflow_serving.apis import regression_pb2
 
 from keras_dropout.serving.errors import ServingError
+from keras_dropout.serving.servables import DEFAULT_SIGNATURE
 
 CLASSIFY_METHOD_NAME = tf.saved_model.CLASSIFY_METHOD_NAME
 REGRESS_METHOD_NAME = tf.saved_model.REGRESS_METHOD_NAME
-DEFAULT_SIGNATURE = tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
 _INPUTS = tf.saved_model.CLASSIFY_INPUTS  # "inputs", the same key for regression.
 _CLASSES = tf.saved_model.CLASSIFY_OUTPUT_CLASSES
 _SCORES = tf.saved_model.CLASSIFY_OUTPUT_SCORES

@@ -204,8 +204,10 @@ class RestHandler:
         from keras_dropout.serving import json_examples
 
         request = json_examples.classification_request_from_json(body)
-        servable = self._fill_spec(request.model_spec, name, version, label, record)
+        servable = self._fill_spec(request.model_spec, name, version, label)
         response = inference.classify(servable, request, check_method_name=self._method_name_check)
+        if record is not None:  # Named once it exists: no client string becomes a metric label.
+            record.signature_name = response.model_spec.signature_name
         self._metrics.record_examples(servable.name, len(response.result.classifications))
         return json_examples.classification_result_to_json(response.result)
 
@@ -213,22 +215,21 @@ class RestHandler:
         from keras_dropout.serving import json_examples
 
         request = json_examples.regression_request_from_json(body)
-        servable = self._fill_spec(request.model_spec, name, version, label, record)
+        servable = self._fill_spec(request.model_spec, name, version, label)
         response = inference.regress(servable, request, check_method_name=self._method_name_check)
+        if record is not None:
+            record.signature_name = response.model_spec.signature_name
         self._metrics.record_examples(servable.name, len(response.result.regressions))
         return json_examples.regression_result_to_json(response.result)
 
-    def _fill_spec(self, model_spec, name, version, label, record):
+    def _fill_spec(self, model_spec, name, version, label):
         """Puts the URL's model into the request's ModelSpec; returns the servable it names."""
         model_spec.name = name
         if version is not None:
             model_spec.version.value = version
         if label is not None:
             model_spec.version_label = label
-        servable = self._manager.servable(name, version, label)
-        if record is not None:
-            record.signature_name = model_spec.signature_name or "serving_default"
-        return servable
+        return self._manager.servable(name, version, label)
 
     def status(self, name: str, version: int | None, label: str | None) -> dict:
         return tensors.proto_to_json(self._manager.status(name, version, label))

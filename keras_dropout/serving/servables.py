@@ -132,6 +132,11 @@ def parse_model_config(text: str, source: str = "<model config>") -> list[ModelC
         raise ValueError(
             f"{source}: Error parsing text-format tensorflow.serving.ModelServerConfig: {error}"
         ) from None
+    return model_configs_from_proto(config, source)
+
+
+def model_configs_from_proto(config, source: str = "<model config>") -> list[ModelConfig]:
+    """A `ModelServerConfig` message's models as `ModelConfig`s (see `parse_model_config`)."""
     if config.WhichOneof("config") == "custom_model_config":
         raise ValueError(f"{source}: custom_model_config is not supported; use model_config_list")
     models = []
@@ -185,24 +190,6 @@ def model_configs(
 
 
 # ----------------------------------------------------------------------------- execution
-
-
-# TensorFlow's C++ names of the dtypes whose Python names differ (DataTypeString).
-_CPP_DTYPE_NAMES = {"float32": "float", "float64": "double", "float16": "half"}
-
-
-def _cpp_dtype_name(dtype: tf.DType) -> str:
-    return _CPP_DTYPE_NAMES.get(dtype.name, dtype.name)
-
-
-def _dtype_of(array: np.ndarray) -> tf.DType | None:
-    """The dtype a fed array arrives as (object and bytes arrays are strings)."""
-    if array.dtype.kind in "OSU":
-        return tf.string
-    try:
-        return tf.as_dtype(array.dtype)
-    except TypeError:
-        return None
 
 
 class Servable:
@@ -283,9 +270,6 @@ class Servable:
                 self._specs[name] = specs
             return self._specs[name]
 
-    def output_names(self, signature_name: str | None) -> list[str]:
-        return sorted(self._signature_defs[self.resolve_signature(signature_name)].outputs)
-
     def run(
         self,
         signature_name: str | None,
@@ -324,27 +308,31 @@ class Servable:
             duplicate = next(alias for alias in wanted if wanted.count(alias) > 1)
             raise ServingError("INVALID_ARGUMENT", f"duplicate output tensor alias: {duplicate}")
         for index, key in enumerate(sorted(inputs)):
-            given = _dtype_of(np.asarray(inputs[key]))
+            given = tensors.dtype_of(np.asarray(inputs[key]))
             if given != specs[key].dtype:
                 # TF Serving's Session::Run words this; arguments are fed in name order.
+                given_name = tensors.tf_type_name(given) if given is not None else inputs[key].dtype
                 raise ServingError(
                     "INVALID_ARGUMENT",
-                    f"Expects arg[{index}] to be {_cpp_dtype_name(specs[key].dtype)} but "
-                    f"{_cpp_dtype_name(given) if given is not None else inputs[key].dtype} "
-                    f"is provided (input '{key}')",
+                    f"Expects arg[{index}] to be {tensors.tf_type_name(specs[key].dtype)} but "
+                    f"{given_name} is provided (input '{key}')",
                 )
-        if self._batcher is None:
-            return self._execute(name, inputs, tuple(wanted))
         with self._lock:
-            self._in_flight += 1
+            # A request that got this version just before it was unloaded runs on its own: the
+            # batch threads are stopping, the session is still there (as TF Serving's handles).
+            batcher = None if self._closing else self._batcher
+            if batcher is not None:
+                self._in_flight += 1
+        if batcher is None:
+            return self._execute(name, inputs, tuple(wanted))
         try:
-            return self._batcher.run(name, dict(inputs), tuple(wanted))
+            return batcher.run(name, dict(inputs), tuple(wanted))
         finally:
             with self._lock:
                 self._in_flight -= 1
                 last = self._closing and not self._in_flight
             if last:
-                self._batcher.close()
+                self._stop_batching()
 
     def _callable(self, name: str, feeds: tuple[str, ...], fetches: tuple[str, ...]):
         key = (name, feeds, fetches)
@@ -395,13 +383,19 @@ class Servable:
 
         The session itself closes when the last request lets go of the servable.
         """
-        if self._batcher is None:
-            return
         with self._lock:
             self._closing = True
             idle = not self._in_flight
         if idle:
-            self._batcher.close()
+            self._stop_batching()
+
+    def _stop_batching(self) -> None:
+        with self._lock:
+            batcher, self._batcher = self._batcher, None
+        if batcher is not None:
+            # Dropping it also breaks servable -> batcher -> run -> servable, so the session is
+            # freed by reference counting, not by a later garbage collection.
+            batcher.close()
 
 
 # Python packages whose import registers TensorFlow ops SavedModels use; TF Serving links them in.
@@ -424,6 +418,8 @@ def load_servable(
     warmup_iterations: int = 1,
     tags: Sequence[str] = (SERVE_TAG,),
     session_config=None,
+    batching=None,
+    on_batch: Callable[[str, int], None] | None = None,
 ) -> Servable:
     """Loads one version directory (a SavedModel) into a session and replays its warmup file.
 
@@ -434,7 +430,11 @@ def load_servable(
         warmup: replay `assets.extra/tf_serving_warmup_requests` (`--enable_model_warmup`).
         warmup_iterations: times each warmup record runs (`--num_request_iterations_for_warmup`).
         tags: the MetaGraph's tag set (`--saved_model_tags`).
-        session_config: a `tf.compat.v1.ConfigProto` for the session (thread pools).
+        session_config: a `tf.compat.v1.ConfigProto` for the session
+            (`--tensorflow_session_config_file`).
+        batching: a `batching.BatchingOptions` to batch the version's requests with (enabled
+            before warmup, so warmup runs through it as TF Serving's does).
+        on_batch: see `Servable.enable_batching`.
 
     Raises:
         ServingError: NOT_FOUND (no saved_model.pb / no MetaGraph with `tags`), DATA_LOSS
@@ -475,8 +475,14 @@ def load_servable(
         ) from None
     graph.finalize()  # Requests only run it; nothing may add to it.
     servable = Servable(name, version, path, session, meta_graph.signature_def)
+    if batching is not None:
+        servable.enable_batching(batching, on_batch)
     if warmup:
-        replayed = replay_warmup(servable, warmup_iterations)
+        try:
+            replayed = replay_warmup(servable, warmup_iterations)
+        except BaseException:
+            servable.close()
+            raise
         if replayed:
             logger.info("Replayed %d warmup requests for %s", replayed, path)
     return servable
@@ -511,6 +517,9 @@ class _Model:
     removed: bool = False
 
 
+_WARNED_DUPLICATES: set[str] = set()
+
+
 def list_versions(base_path: str) -> dict[int, str]:
     """Version number -> directory name for the integer-named subdirectories of `base_path`.
 
@@ -525,10 +534,13 @@ def list_versions(base_path: str) -> dict[int, str]:
         if not _VERSION_DIR.fullmatch(entry) or int(entry) > _MAX_VERSION:
             continue
         if int(entry) in versions:
-            logger.warning(
-                "%s: directories %s and %s both hold version %d; serving %s",
-                base_path, versions[int(entry)], entry, int(entry), versions[int(entry)],
-            )
+            duplicate = os.path.join(base_path, entry)
+            if duplicate not in _WARNED_DUPLICATES:  # Said once, not every poll.
+                _WARNED_DUPLICATES.add(duplicate)
+                logger.warning(
+                    "%s: directories %s and %s both hold version %d; serving %s",
+                    base_path, versions[int(entry)], entry, int(entry), versions[int(entry)],
+                )
             continue
         if tf.io.gfile.isdir(os.path.join(base_path, entry)):
             versions[int(entry)] = entry
@@ -748,7 +760,12 @@ class ModelManager:
     def _act(self, model: _Model) -> None:
         """Carries out the version policy's actions until it has none left."""
         config = model.config
-        keep = set(config.versions) if config.version_policy == "specific" else set()
+        # A model dropped from the config keeps nothing (TF Serving reads the current config).
+        keep = (
+            set(config.versions)
+            if config.version_policy == "specific" and not model.removed
+            else set()
+        )
         to_load, unloaded = [], []
         with self._lock:
             while not self._stopped:
@@ -795,27 +812,34 @@ class ModelManager:
             error = ("UNKNOWN", f"{type(failure).__name__}: {failure}")
         with self._lock:
             current = model.versions.get(entry.version)
-            if self._stopped or current is not entry or entry.state != "LOADING":
-                return
-            if error is None:
-                entry.state, entry.servable = "AVAILABLE", servable
-                logger.info(
-                    "Successfully loaded servable version {name: %s version: %d}",
-                    config.name,
-                    entry.version,
-                )
-            else:
-                entry.state = "END"
-                entry.error_code, entry.error_message = error
-                entry.fingerprint = fingerprint
-                logger.error(
-                    "Loading servable: {name: %s version: %d} failed: %s: %s",
-                    config.name,
-                    entry.version,
-                    *error,
-                )
-            self._changed.notify_all()
+            discarded = self._stopped or current is not entry or entry.state != "LOADING"
+            if not discarded:
+                self._finish_load(model, entry, servable, error, fingerprint)
+        if discarded:
+            if servable is not None:  # Stopped or superseded while it loaded.
+                servable.close()
+            return
         self._act(model)
+
+    def _finish_load(self, model, entry, servable, error, fingerprint) -> None:
+        """Records a load's outcome (under the lock)."""
+        name = model.config.name
+        if error is None:
+            entry.state, entry.servable = "AVAILABLE", servable
+            logger.info(
+                "Successfully loaded servable version {name: %s version: %d}", name, entry.version
+            )
+        else:
+            entry.state = "END"
+            entry.error_code, entry.error_message = error
+            entry.fingerprint = fingerprint
+            logger.error(
+                "Loading servable: {name: %s version: %d} failed: %s: %s",
+                name,
+                entry.version,
+                *error,
+            )
+        self._changed.notify_all()
 
     # -- queries
 

@@ -10,14 +10,16 @@ print(server.rest_url, server.grpc_target)
 server.stop(grace=5)        # in-flight requests finish
 ```
 
-The flags are TF Serving's (`--port`, `--rest_api_port`, `--model_name`, `--model_base_path`,
-`--model_config_file`, `--file_system_poll_wait_seconds`, `--rest_api_timeout_in_ms`), plus
-`--host`, `--max_body_bytes`, `--max_concurrent_requests` and `--max_queued_requests` (see
-`admission.py`: predict work beyond the slots waits in a bounded queue; a full queue answers 429 /
-RESOURCE_EXHAUSTED). gRPC honours the client's deadline the way REST honours
-`--rest_api_timeout_in_ms`. Differences from `tensorflow_model_server`: port 0 picks a free
-port (TF Serving's `--rest_api_port=0` disables REST); a model that fails its first load is
-reported in status instead of stopping the server; the default host is 127.0.0.1.
+The command line is `tensorflow_model_server`'s (`add_serve_arguments`): every flag of TF
+Serving's `main.cc` is accepted, implemented or, for those in `IGNORED_FLAGS`, named in a
+warning as ignored; plus `--host`, `--max_body_bytes`, `--max_concurrent_requests` and
+`--max_queued_requests` (see `admission.py`: inference work beyond the slots waits in a bounded
+queue; a full queue answers 429 / RESOURCE_EXHAUSTED; with `--enable_batching` a request holds
+its slot while it waits for its batch). gRPC honours the client's deadline the way REST honours
+`--rest_api_timeout_in_ms` (until a request is admitted). Differences from
+`tensorflow_model_server`: port 0 picks a free port (TF Serving's 0 disables that API); a model
+that fails its first load is reported in status instead of stopping the server; the default
+host is 127.0.0.1; each loaded version has batch threads of its own.
 
 This module imports only the standard library, so `import keras_dropout.serving` works without
 the `serving` extra; gRPC, uvicorn and tensorflow-serving-api are imported by `Server`.
@@ -111,7 +113,8 @@ class Server:
         num_request_iterations_for_warmup: times each warmup request runs.
         saved_model_tags: the MetaGraph tags to load.
         enable_signature_method_name_check: Classify/Regress/MultiInference refuse signatures
-            whose method_name is not theirs.
+            whose method_name is not theirs, Predict those of other APIs.
+        session_config: a `tf.compat.v1.ConfigProto` every version's session runs with.
     """
 
     def __init__(
@@ -146,6 +149,7 @@ class Server:
         num_request_iterations_for_warmup: int = 1,
         saved_model_tags=("serve",),
         enable_signature_method_name_check: bool = False,
+        session_config=None,
     ):
         from keras_dropout.serving.admission import Admission
         from keras_dropout.serving.monitoring import Metrics
@@ -191,6 +195,7 @@ class Server:
                 warmup=enable_model_warmup,
                 warmup_iterations=num_request_iterations_for_warmup,
                 tags=tuple(saved_model_tags),
+                session_config=session_config,
                 per_model_batching=per_model_batching,
             ),
         )
@@ -219,32 +224,25 @@ class Server:
         self._lock = threading.Lock()
         self._stopped = threading.Event()
 
-    def _load_version(self, name, version, path, *, warmup, warmup_iterations, tags, per_model_batching):
-        """The manager's loader: loads, replays warmup, wraps in batching; records metrics."""
+    def _load_version(self, name, version, path, *, per_model_batching, **options):
+        """The manager's loader: `load_servable` with the server's options, counted in metrics."""
         import time
 
         from keras_dropout.serving.servables import load_servable
 
+        batching = self.batching
+        if batching is not None and per_model_batching:
+            batching = _model_batching_options(path, batching)
         start = time.perf_counter()
         try:
             servable = load_servable(
-                name, version, path, warmup=False, tags=tags
+                name,
+                version,
+                path,
+                batching=batching,
+                on_batch=functools.partial(self.metrics.record_batch, name),
+                **options,
             )
-            if self.batching is not None:
-                options = self.batching
-                if per_model_batching:
-                    options = _model_batching_options(path, options)
-                servable.enable_batching(
-                    options, functools.partial(self.metrics.record_batch, name)
-                )
-            if warmup:
-                from keras_dropout.serving.warmup import replay_warmup
-
-                try:
-                    replay_warmup(servable, warmup_iterations)
-                except BaseException:
-                    servable.close()
-                    raise
         except BaseException:
             self.metrics.record_load(path, False, time.perf_counter() - start)
             raise
@@ -294,7 +292,11 @@ class Server:
         """Re-reads --model_config_file; a file that does not parse keeps the current config."""
         from keras_dropout.serving.servables import parse_model_config
 
-        last_text = None
+        try:
+            with open(self.model_config_file, encoding="utf-8") as handle:
+                last_text = handle.read()  # What the server started with.
+        except OSError:
+            last_text = None
         while not self._stopped.wait(self.model_config_file_poll_wait_seconds):
             try:
                 with open(self.model_config_file, encoding="utf-8") as handle:
@@ -441,8 +443,8 @@ PER_MODEL_BATCHING_FILE = "batching_params.pbtxt"
 def _model_batching_options(path: str, default):
     """A version's own `batching_params.pbtxt` (`--enable_per_model_batching_parameters`).
 
-    As in TF Serving, the file's parameters replace the global ones, except the batch
-    threads, which stay the server's. Without the file the global parameters apply.
+    As in TF Serving, the file's parameters replace the global ones, except the number and
+    name of the batch threads, which stay the server's. Without the file the global ones apply.
     """
     import dataclasses
 
@@ -520,15 +522,13 @@ IGNORED_FLAGS = {
         "a failed version is loaded again once its directory changes instead of on a timer",
     ),
     "flush_filesystem_caches": (_parse_bool, "no filesystem caches are kept"),
-    "tensorflow_session_config_file": (
-        str,
-        "TF2 functions run without a Session; use --tensorflow_intra_op_parallelism / "
-        "--tensorflow_inter_op_parallelism",
-    ),
     "use_alts_credentials": (_parse_bool, "ALTS is not supported; gRPC is served insecure"),
     "ssl_config_file": (str, "TLS is not supported; gRPC is served insecure (terminate TLS in a proxy)"),
     "platform_config_file": (str, "only the TensorFlow platform is served"),
-    "per_process_gpu_memory_fraction": (float, "TensorFlow's default GPU memory growth applies"),
+    "per_process_gpu_memory_fraction": (
+        float,
+        "TensorFlow's own GPU memory allocation applies (set TF_FORCE_GPU_ALLOW_GROWTH=true to grow)",
+    ),
     "remove_unused_fields_from_bundle_metagraph": (_parse_bool, "a memory optimisation of TF Serving's C++ loader"),
     "prefer_tflite_model": (_parse_bool, "TensorFlow Lite models are not served"),
     "num_tflite_pools": (int, "TensorFlow Lite models are not served"),
@@ -563,7 +563,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         help="Comma-separated gRPC server arguments, e.g. grpc.max_connection_age_ms=2000.",
     )
     parser.add_argument(
-        "--grpc_max_threads", type=int, default=None, help="gRPC threads besides those of admitted requests."
+        "--grpc_max_threads",
+        type=int,
+        default=None,
+        help="gRPC threads besides those of admitted requests. Default 16.",
     )
     _add_bool(
         parser, "enable_grpc_healthcheck_service", False, "Serve the standard gRPC health service."
@@ -575,7 +578,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "--rest_api_num_threads",
         type=int,
         default=None,
-        help="REST threads besides those of admitted requests. Default: 4 per CPU.",
+        help="REST threads besides those of admitted requests. Default 16.",
     )
     parser.add_argument(
         "--rest_api_timeout_in_ms",
@@ -647,6 +650,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "enable_signature_method_name_check",
         False,
         "Refuse Classify/Regress on signatures whose method_name is not the API's.",
+    )
+    parser.add_argument(
+        "--tensorflow_session_config_file",
+        default="",
+        help="Text tf.compat.v1.ConfigProto every version's session runs with.",
     )
     for name in ("tensorflow_session_parallelism", "tensorflow_intra_op_parallelism",
                  "tensorflow_inter_op_parallelism"):
@@ -770,10 +778,25 @@ def server_from_args(args: argparse.Namespace) -> Server:
         config = _read_text_proto(args.monitoring_config_file, parse_monitoring_config)
         monitoring_path = prometheus_path(config)
     session_threads = args.tensorflow_session_parallelism
-    configure_tensorflow_threads(
-        args.tensorflow_intra_op_parallelism or session_threads,
-        args.tensorflow_inter_op_parallelism or session_threads,
-    )
+    intra_op = args.tensorflow_intra_op_parallelism or session_threads
+    inter_op = args.tensorflow_inter_op_parallelism or session_threads
+    configure_tensorflow_threads(intra_op, inter_op)
+    session_config = None
+    if args.tensorflow_session_config_file:
+        session_config = _read_text_proto(args.tensorflow_session_config_file, _parse_config_proto)
+        # As TF Serving: the parallelism flags win over the file's thread counts.
+        if intra_op:
+            session_config.intra_op_parallelism_threads = intra_op
+        if inter_op:
+            session_config.inter_op_parallelism_threads = inter_op
+    if batching is not None and args.max_concurrent_requests < batching.max_batch_size:
+        logger.warning(
+            "--max_concurrent_requests=%d admits fewer requests at once than max_batch_size=%d, "
+            "so no batch holds more than %d requests; raise it to fill batches",
+            args.max_concurrent_requests,
+            batching.max_batch_size,
+            args.max_concurrent_requests,
+        )
     timeout_ms = args.rest_api_timeout_in_ms
     return Server(
         model_name=args.model_name,
@@ -803,7 +826,22 @@ def server_from_args(args: argparse.Namespace) -> Server:
         num_request_iterations_for_warmup=max(1, args.num_request_iterations_for_warmup),
         saved_model_tags=tuple(t.strip() for t in args.saved_model_tags.split(",") if t.strip()),
         enable_signature_method_name_check=args.enable_signature_method_name_check,
+        session_config=session_config,
     )
+
+
+def _parse_config_proto(text: str, source: str):
+    import tensorflow as tf
+    from google.protobuf import text_format
+
+    config = tf.compat.v1.ConfigProto()
+    try:
+        text_format.Parse(text, config)
+    except text_format.ParseError as error:
+        raise ValueError(
+            f"{source}: Error parsing text-format tensorflow.ConfigProto: {error}"
+        ) from None
+    return config
 
 
 def version_text() -> str:

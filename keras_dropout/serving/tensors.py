@@ -60,10 +60,9 @@ from keras_dropout.serving.errors import ServingError
 # TF Serving writes a string output as {"b64": ...} when its name ends with this suffix.
 BYTES_SUFFIX = "_bytes"
 
-# NumPy holds at most 64 dimensions: a JSON value nested deeper is refused.
-MAX_JSON_RANK = 64
-# NumPy holds at most 64 dimensions.
-MAX_PROTO_RANK = 64
+# The most dimensions the running NumPy holds (64 since NumPy 2, 32 before): a JSON value nested
+# deeper, or a TensorProto of a higher rank, is refused.
+MAX_JSON_RANK = MAX_PROTO_RANK = 64 if int(np.__version__.split(".")[0]) >= 2 else 32
 
 # Error texts quote a JSON value up to this many characters (TF Serving quotes it whole).
 _QUOTE_CHARS = 60
@@ -861,7 +860,8 @@ def inputs_to_arrays(inputs, specs: Mapping[str, tf.TensorSpec]) -> dict[str, np
     return {name: json_to_array(inputs, specs[name])}
 
 
-def _dtype_of(array: np.ndarray) -> tf.DType | None:
+def dtype_of(array: np.ndarray) -> tf.DType | None:
+    """The dtype an array travels as (object, bytes and str arrays are strings); None if none."""
     if array.dtype.kind in "OSU":
         return tf.string
     try:
@@ -907,7 +907,7 @@ def array_to_json(array: np.ndarray, *, as_bytes: bool = False):
         ServingError: INVALID_ARGUMENT for dtypes JSON cannot carry (complex, quantized).
     """
     array = np.asarray(array)
-    dtype = _dtype_of(array)
+    dtype = dtype_of(array)
     if dtype == tf.string:
         out = np.empty(array.shape, dtype=object)
         for index, item in enumerate(array.flat):
@@ -1041,7 +1041,7 @@ def array_to_tensor_proto(
         ServingError: INVALID_ARGUMENT for an array no TensorProto dtype describes.
     """
     array = np.asarray(array)
-    dtype = _dtype_of(array)
+    dtype = dtype_of(array)
     if dtype not in _VALUE_FIELDS:
         raise _invalid(f"Failed to write tensor of NumPy type {array.dtype} to a TensorProto")
     proto = tensor_pb2.TensorProto(dtype=dtype.as_datatype_enum)
