@@ -131,28 +131,27 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     @_answer_errors
     def Classify(self, request, context):
-        def work(servable, record):
-            response = inference.classify(
-                servable, request, check_method_name=self._method_name_check
-            )
-            # Named once it exists: a client's string never becomes a metric label.
-            record.signature_name = response.model_spec.signature_name
-            self._metrics.record_examples(servable.name, len(response.result.classifications))
-            return response
-
-        return self._serve("classify", _required_spec(request), context, work)
+        return self._serve(
+            "classify", _required_spec(request), context, self._examples_work(inference.classify, request)
+        )
 
     @_answer_errors
     def Regress(self, request, context):
+        return self._serve(
+            "regress", _required_spec(request), context, self._examples_work(inference.regress, request)
+        )
+
+    def _examples_work(self, api, request):
+        """`_serve`'s work for Classify or Regress (`api` is `inference.classify` / `regress`)."""
+
         def work(servable, record):
-            response = inference.regress(
-                servable, request, check_method_name=self._method_name_check
-            )
+            response = api(servable, request, check_method_name=self._method_name_check)
+            # Named once it exists: a client's string never becomes a metric label.
             record.signature_name = response.model_spec.signature_name
-            self._metrics.record_examples(servable.name, len(response.result.regressions))
+            self._metrics.record_examples(servable.name, inference.example_count(request.input))
             return response
 
-        return self._serve("regress", _required_spec(request), context, work)
+        return work
 
     @_answer_errors
     def MultiInference(self, request, context):
@@ -160,7 +159,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             response = inference.multi_inference(
                 servable, request, check_method_name=self._method_name_check
             )
-            self._metrics.record_examples(servable.name, _example_count(request.input))
+            self._metrics.record_examples(servable.name, inference.example_count(request.input))
             return response
 
         # TF Serving finds the servable from the first task (an empty ModelSpec without one,
@@ -211,11 +210,6 @@ def _predict_work(service: PredictionService, request):
         return response
 
     return work
-
-
-def _example_count(input_proto) -> int:
-    kind = input_proto.WhichOneof("kind")
-    return len(getattr(input_proto, kind).examples) if kind else 0
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):

@@ -71,6 +71,12 @@ def _invalid(message: str) -> ServingError:
 # ----------------------------------------------------------------------------- input
 
 
+def example_count(input_proto) -> int:
+    """How many tf.Examples an `Input` holds (0 when it holds none)."""
+    kind = input_proto.WhichOneof("kind")
+    return len(getattr(input_proto, kind).examples) if kind else 0
+
+
 def serialized_examples(input_proto) -> np.ndarray:
     """The request's examples as the string vector a signature is fed, as TF Serving builds it.
 

@@ -37,6 +37,7 @@ from concurrent.futures import Executor
 from tensorflow_serving.apis import model_pb2
 
 from keras_dropout.serving import inference
+from keras_dropout.serving import json_examples
 from keras_dropout.serving import tensors
 from keras_dropout.serving.admission import Admission
 from keras_dropout.serving.errors import ServingError
@@ -201,26 +202,23 @@ class RestHandler:
         return {"outputs": tensors.outputs_to_columns(servable.run(signature_name, arrays))}
 
     def classify(self, name: str, version: int | None, label: str | None, body: bytes, record=None) -> dict:
-        from keras_dropout.serving import json_examples
-
         request = json_examples.classification_request_from_json(body)
-        servable = self._fill_spec(request.model_spec, name, version, label)
-        response = inference.classify(servable, request, check_method_name=self._method_name_check)
-        if record is not None:  # Named once it exists: no client string becomes a metric label.
-            record.signature_name = response.model_spec.signature_name
-        self._metrics.record_examples(servable.name, len(response.result.classifications))
+        response = self._examples(inference.classify, request, name, version, label, record)
         return json_examples.classification_result_to_json(response.result)
 
     def regress(self, name: str, version: int | None, label: str | None, body: bytes, record=None) -> dict:
-        from keras_dropout.serving import json_examples
-
         request = json_examples.regression_request_from_json(body)
-        servable = self._fill_spec(request.model_spec, name, version, label)
-        response = inference.regress(servable, request, check_method_name=self._method_name_check)
-        if record is not None:
-            record.signature_name = response.model_spec.signature_name
-        self._metrics.record_examples(servable.name, len(response.result.regressions))
+        response = self._examples(inference.regress, request, name, version, label, record)
         return json_examples.regression_result_to_json(response.result)
+
+    def _examples(self, api, request, name, version, label, record):
+        """Runs `inference.classify` / `regress` for the URL's model; counts the examples."""
+        servable = self._fill_spec(request.model_spec, name, version, label)
+        response = api(servable, request, check_method_name=self._method_name_check)
+        if record is not None:  # Named once it exists: no client string becomes a metric label.
+            record.signature_name = response.model_spec.signature_name
+        self._metrics.record_examples(servable.name, inference.example_count(request.input))
+        return response
 
     def _fill_spec(self, model_spec, name, version, label):
         """Puts the URL's model into the request's ModelSpec; returns the servable it names."""
