@@ -1,9 +1,17 @@
-"""The `keras-dropout` command: demo, export, serve, check, predict."""
+"""The `keras-dropout` command: demo, export, serve, check, predict.
 
-import argparse
-import json
+Parsing imports neither Keras nor TensorFlow (`--help`, `--version` and bad arguments answer at
+once); a subcommand imports what it needs when it runs.
+"""
+
 import os
-import sys
+
+# Before anything can load TensorFlow: its C++ logging is read once, at load.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
 
 
 def _export(args):
@@ -71,11 +79,21 @@ def _demo(args):
     return run_demo(output_dir=args.output_dir, epochs=args.epochs)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("keras-dropout")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="keras-dropout",
         description="Monte Carlo dropout for Keras 3: train, export, serve and query uncertainty.",
     )
+    parser.add_argument("--version", action="version", version=f"keras-dropout {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="train, export, serve and query a small MC-dropout model end to end")
@@ -118,7 +136,6 @@ def build_parser():
 
 
 def main(argv=None):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
     if args.command == "predict" and not (args.rest_url or args.grpc_target):
         print("predict needs --rest_url or --grpc_target", file=sys.stderr)

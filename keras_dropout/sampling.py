@@ -135,6 +135,10 @@ def sampling(enabled=True, seed=None):
     >>> bool((a != b).any())
     True
     """
+    # Keras' own dropout layers follow the switch through the call hooks `sites` installs on
+    # import; `import keras_dropout` alone loads nothing.
+    from keras_dropout import sites  # noqa: F401
+
     previous = (_switch["enabled"], _switch["seed"])
     if enabled:
         for callback in on_enable:

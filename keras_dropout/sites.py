@@ -31,6 +31,7 @@ nothing is copied. The private methods wrapped are listed in
 """
 
 import dataclasses
+import importlib
 import warnings
 import weakref
 import zlib
@@ -40,7 +41,6 @@ from keras import ops
 
 from keras_dropout import _keras_internals as internals
 from keras_dropout import masks
-from keras_dropout import sampling
 from keras_dropout.layers import alpha_dropout as alpha_module
 from keras_dropout.layers import concrete_dropout as concrete_module
 from keras_dropout.layers import dropconnect_dense as dropconnect_module
@@ -49,6 +49,9 @@ from keras_dropout.layers import gaussian_dropout as gaussian_dropout_module
 from keras_dropout.layers import gaussian_noise as gaussian_noise_module
 from keras_dropout.layers import spatial_dropout as spatial_module
 from keras_dropout.layers.sampling_layer import SamplingLayer
+
+# The module: the package's attribute of this name is the `sampling()` function.
+sampling = importlib.import_module("keras_dropout.sampling")
 
 
 @dataclasses.dataclass(frozen=True)
