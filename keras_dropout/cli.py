@@ -17,6 +17,7 @@ import sys  # noqa: E402
 def _export(args):
     import keras
 
+    import keras_dropout.layers  # noqa: F401  (registers the layers a .keras file may hold)
     from keras_dropout.serving.export import export
 
     model = keras.saving.load_model(args.model)
