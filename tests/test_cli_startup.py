@@ -71,3 +71,17 @@ def test_names_load_on_first_use_and_layers_register_for_deserialization():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("ok")
+
+
+def test_functions_named_like_their_modules_stay_functions_after_the_modules_load():
+    code = (
+        "import keras_dropout as kd\n"
+        "import keras_dropout.sampling, keras_dropout.convert\n"
+        "import keras_dropout.serving.export, keras_dropout.serving.check\n"
+        "names = (kd.sampling, kd.convert, kd.serving.export, kd.serving.check)\n"
+        "assert all(callable(f) and type(f).__name__ == 'function' for f in names), names\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("ok")
