@@ -4,53 +4,16 @@ TensorFlow backend only. The names load on first use (PEP 562): `keras-dropout s
 reads the server's flags without importing TensorFlow.
 """
 
-import importlib
-import sys
-import types
+from keras_dropout._lazy import lazy_package
 
-_LAZY = {
-    "Client": "keras_dropout.serving.client",
-    "Server": "keras_dropout.serving.server",
-    "ServingError": "keras_dropout.serving.errors",
-}
-
-
-def __getattr__(name):
-    if name not in _LAZY:
-        raise AttributeError(f"module 'keras_dropout.serving' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY) | {"check", "export"})
-
-
-class _Package(types.ModuleType):
-    """`kd.serving.check` and `kd.serving.export` are functions named like their modules.
-
-    Importing a submodule binds it on its package, which would replace the function; these
-    properties keep the functions (the modules stay in `sys.modules`).
-    """
-
-    @property
-    def check(self):
-        return importlib.import_module("keras_dropout.serving.check").check
-
-    @check.setter
-    def check(self, module):
-        pass  # the submodule keras_dropout.serving.check being imported
-
-    @property
-    def export(self):
-        return importlib.import_module("keras_dropout.serving.export").export
-
-    @export.setter
-    def export(self, module):
-        pass  # the submodule keras_dropout.serving.export being imported
-
-
-sys.modules[__name__].__class__ = _Package
-
-__all__ = sorted(set(_LAZY) | {"check", "export"})
+lazy_package(
+    __name__,
+    {
+        "Client": ("keras_dropout.serving.client", "Client"),
+        "Server": ("keras_dropout.serving.server", "Server"),
+        "ServingError": ("keras_dropout.serving.errors", "ServingError"),
+        "check": ("keras_dropout.serving.check", "check"),
+        "export": ("keras_dropout.serving.export", "export"),
+    },
+    functions_named_like_modules=("check", "export"),
+)
