@@ -40,6 +40,12 @@ default; `KERAS_BACKEND=jax` works too):
    statistics are computed in blocks of at most 16 MiB of samples), not
    rows x S.
 
+4. New row counts (`--parts rows`): on the MLP of 1 (S=20) and on a fresh copy of it each time,
+   after one warm-up call at 100 rows, 7 `predict_mc` calls at 7 new row counts
+   (101, 97, 90, 115, 120, 127, 80) against 7 calls at 100 rows, for `jit_compile` True
+   (XLA compiles per shape) and False; the ratio is what a new batch size costs. Rows are
+   padded to power-of-two buckets, so the new counts reuse what the warm-up compiled.
+
 Timing: every variant of a measurement is warmed up, then `--repeats` rounds
 run each once, alternating the order; times are medians over rounds and
 ratios are medians of the per-round ratios. The machine's other load slows
@@ -47,12 +53,14 @@ a whole round alike, so compare ratios, not times.
 
 Goals: predict_mc >= 3x faster than the naive sampled loop (MLP), >= 10x
 (head-dropout CNN); S=100 predict_mc <= 2x one `model.predict` (CNN); MLP
-throughput >= 50% of the matmul's FLOP/s.
+throughput >= 50% of the matmul's FLOP/s; 7 calls at 7 new row counts <= 2.5x 7
+calls at one count.
 
 Usage:
     python benchmarks/bench_mc.py
     python benchmarks/bench_mc.py --repeats 3 --parts mlp,cnn
     python benchmarks/bench_mc.py --parts memory --memory-rows 100000 --memory-samples 1000
+    python benchmarks/bench_mc.py --parts rows
 """
 
 import argparse
@@ -484,7 +492,48 @@ def report_memory(results, jit_compile):
 # ----------------------------------------------------------------------------- driver
 
 
-def check_goals(mlp=None, cnn=None):
+NEW_ROW_COUNTS = (101, 97, 90, 115, 120, 127, 80)
+
+
+def bench_rows(num_samples=20):
+    """Seconds of 7 calls at new row counts and of 7 at one count, per `jit_compile`.
+
+    Each variant gets a fresh model (its own compiled functions), warmed up at 100 rows.
+    """
+    import keras
+
+    import keras_dropout as kd
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(max(NEW_ROW_COUNTS), 784)).astype("float32")
+    result = {}
+    for jit_compile in (True, False):
+        for name, counts in (("same", (100,) * len(NEW_ROW_COUNTS)), ("new", NEW_ROW_COUNTS)):
+            model = build_mlp()
+            kd.predict_mc(model, x[:100], num_samples, seed=0, jit_compile=jit_compile)
+            started = time.perf_counter()
+            for count in counts:
+                kd.predict_mc(model, x[:count], num_samples, seed=0, jit_compile=jit_compile)
+            result[(jit_compile, name)] = time.perf_counter() - started
+            keras.backend.clear_session()
+    return result
+
+
+def report_rows(result):
+    lines = [
+        f"New row counts: 7 predict_mc calls (MLP, S=20) at {', '.join(map(str, NEW_ROW_COUNTS))} "
+        "rows against 7 at 100, after one call at 100",
+        "",
+        "| jit_compile | 7 at 100 rows (s) | 7 at new counts (s) | ratio |",
+        "|---|---:|---:|---:|",
+    ]
+    for jit_compile in (True, False):
+        same, new = result[(jit_compile, "same")], result[(jit_compile, "new")]
+        lines.append(f"| {jit_compile} | {same:.2f} | {new:.2f} | {new / same:.2f} |")
+    return "\n".join(lines)
+
+
+def check_goals(mlp=None, cnn=None, rows=None):
     checks = []
     reference = "predict_mc jit_compile=auto"
     if mlp is not None:
@@ -501,12 +550,18 @@ def check_goals(mlp=None, cnn=None):
         checks.append(("CNN: predict_mc >= 10x faster than the sampled model(x) loop", speedup, speedup >= 10))
         cost = median_ratio(times, reference, "one deterministic model.predict(x)")
         checks.append(("CNN: S=100 predict_mc <= 2x one model.predict", cost, cost <= 2))
+    if rows is not None:
+        for jit_compile in (True, False):
+            ratio = rows[(jit_compile, "new")] / rows[(jit_compile, "same")]
+            checks.append(
+                (f"7 new row counts <= 2.5x one count (jit_compile={jit_compile})", ratio, ratio <= 2.5)
+            )
     return checks
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", default="mlp,cnn,memory", help="comma-separated: mlp,cnn,memory")
+    parser.add_argument("--parts", default="mlp,cnn,memory,rows", help="comma-separated: mlp,cnn,memory,rows")
     parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds (median taken)")
     parser.add_argument("--loop-samples", type=int, default=10, help="CNN loop iterations timed")
     parser.add_argument("--memory-rows", type=int, default=100_000)
@@ -537,7 +592,12 @@ def main(argv=None):
         chunks = [int(c) for c in args.chunk_sizes.split(",")]
         memory = bench_memory(args.memory_rows, args.memory_samples, chunks, jit)
         print(report_memory(memory, jit) + "\n", flush=True)
-    for goal, measured, met in check_goals(mlp, cnn):
+    rows = None
+    if "rows" in parts:
+        print("running rows ...", file=sys.stderr, flush=True)
+        rows = bench_rows()
+        print(report_rows(rows) + "\n", flush=True)
+    for goal, measured, met in check_goals(mlp, cnn, rows):
         print(f"- {goal}: {measured:.2f} {'met' if met else 'MISSED'}")
 
 

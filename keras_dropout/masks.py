@@ -53,6 +53,19 @@ def _mix(x):
     return ops.bitwise_xor(x, ops.right_shift(x, _u32(16)))
 
 
+def _add(x, y):
+    """`x + y` with NumPy broadcasting, wrapping around in uint32.
+
+    Not `keras.ops.add`: on TensorFlow it turns a sum whose second operand
+    squeezes to a vector matching `x`'s axis 1 or -1 into a `bias_add` along
+    that axis, even when the vector broadcasts along another (Keras 3.15:
+    `(12, 12, 32) + (12, 1, 1)` adds along axis 1). Per-row keys `(N, 1, 1)`
+    hit that whenever N equals a static dimension, and rows then drew
+    another row's bits.
+    """
+    return ops.convert_to_tensor(x) + ops.convert_to_tensor(y)
+
+
 def _as_uint32(value):
     """Integer tensor or Python int -> uint32, keeping the low 32 bits."""
     if isinstance(value, (int, np.integer)):
@@ -104,8 +117,8 @@ def fold_in(seed, value):
         seed = _as_uint32(seed)
     value = _as_uint32(value)
     k0, k1 = seed[..., 0], seed[..., 1]
-    h0 = _mix(ops.bitwise_xor(k0, _mix(ops.add(value, _u32(_GOLDEN)))))
-    h1 = _mix(ops.add(ops.bitwise_xor(k1, h0), value))
+    h0 = _mix(ops.bitwise_xor(k0, _mix(_add(value, _u32(_GOLDEN)))))
+    h1 = _mix(_add(ops.bitwise_xor(k1, h0), value))
     return ops.stack([h0, h1], axis=-1)
 
 
@@ -185,7 +198,7 @@ def random_bits(shape, seed):
         key_shape = (-1,) + (1,) * len(indexed_shape)
         k0, k1 = ops.reshape(k0, key_shape), ops.reshape(k1, key_shape)
     bits = _mix(ops.bitwise_xor(ops.multiply(index, _u32(_GOLDEN)), k0))
-    return _mix(ops.add(bits, k1))
+    return _mix(_add(bits, k1))
 
 
 _IMPLEMENTATIONS = ("auto", "hash", "philox")

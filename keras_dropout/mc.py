@@ -210,11 +210,16 @@ def predict_mc(
     if batch_size is not None:
         rows_per_call = min(rows_per_call, batch_size)
     largest_batch = max(_num_rows(b) for b in batches)
+    capacity = rows_per_call
     # Padding rows are run (and sampled) and thrown away, so split the rows
     # into equal calls instead of full ones plus a padded remainder (256 rows
     # at 163 a call ran 326). Masks depend on the row id only, not on the
-    # padded size, so this changes no result.
+    # padded size, so neither this nor the bucketing below changes a result.
     rows_per_call = math.ceil(largest_batch / math.ceil(largest_batch / rows_per_call))
+    # Compiled calls see bucketed shapes: rows pad up to a power of two (at most
+    # `capacity`, the memory bound), so a new batch size reuses a compiled
+    # function instead of retracing (XLA and JAX compile per shape).
+    padded_rows = min(capacity, 1 << (rows_per_call - 1).bit_length())
     calls_per_chunk = math.ceil(num_samples / samples_per_call)
     total_calls = sum(math.ceil(_num_rows(b) / rows_per_call) for b in batches) * calls_per_chunk
     progress = _progress_bar(verbose, total_calls)
@@ -229,8 +234,8 @@ def predict_mc(
         for start in range(0, _num_rows(batch), rows_per_call):
             rows = tree.map_structure(lambda a: a[start : start + rows_per_call], batch)
             count = _num_rows(rows)
-            padded = tree.map_structure(lambda a: _pad_rows(a, rows_per_call), rows)
-            ids = _pad_rows(row_words[row_offset + start : row_offset + start + count], rows_per_call)
+            padded = tree.map_structure(lambda a: _pad_rows(a, padded_rows), rows)
+            ids = _pad_rows(row_words[row_offset + start : row_offset + start + count], padded_rows)
             per_output = [[] for _ in tasks]
             for sample_start in range(0, num_samples, samples_per_call):
                 # Derived inside the compiled call: eager seed ops cost more

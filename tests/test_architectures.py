@@ -57,6 +57,16 @@ def test_bert_classifier_variance_comes_from_the_backbone_alone(bert):
     assert (result.mutual_information > 0).all()
 
 
+def test_bert_classifier_samples_do_not_depend_on_how_rows_are_batched(bert):
+    # 3 rows x 4 samples = 12 tiled rows, the sequence length: Keras' TF ops.add
+    # once broadcast the per-row mask keys along the token axis there.
+    model, inputs = bert
+    options = dict(task="classification", from_logits=True, return_samples=True, seed=4)
+    together = kd.predict_mc(model, inputs, 4, **options).samples
+    one_by_one = kd.predict_mc(model, inputs, 4, batch_size=1, **options).samples
+    np.testing.assert_allclose(together, one_by_one, rtol=1e-5, atol=1e-6)
+
+
 def test_bert_classifier_exports_checks_and_answers_mc_over_rest_with_dict_inputs(bert, tmp_path):
     from keras_dropout.serving.client import Client
     from keras_dropout.serving.server import Server

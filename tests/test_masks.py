@@ -255,6 +255,36 @@ def test_per_row_seeds_make_a_row_independent_of_its_batch():
     assert not np.array_equal(whole[0], whole[1])
 
 
+@pytest.mark.parametrize("shape", [(12, 12, 32), (12, 5, 12), (4, 4), (7, 3, 7)])
+def test_per_row_seeds_key_each_row_when_the_row_count_equals_another_dimension(shape):
+    # keras.ops.add on TensorFlow turned `bits + key` into a bias_add along the
+    # wrong axis when the row count matched a static dimension (a keras_hub BERT
+    # at 3 rows x 4 samples = its 12 tokens drew other rows' masks).
+    seeds = masks.fold_in(masks.make_seed(16), ops.arange(shape[0], dtype="int32"))
+    whole = to_numpy(masks.random_bits(shape, seeds))
+    for row in range(shape[0]):
+        alone = to_numpy(masks.random_bits((1,) + shape[1:], seeds[row : row + 1]))
+        np.testing.assert_array_equal(whole[row], alone[0], err_msg=f"row {row}")
+
+
+@tf_only
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["tf_function", "xla"])
+def test_per_row_draws_in_static_graphs_match_dynamic_ones_whatever_the_row_count(jit_compile):
+    import tensorflow as tf
+
+    for rows in (11, 12, 13, 32):
+        seeds = masks.fold_in(masks.make_seed(17), ops.arange(rows, dtype="int32"))
+        draws = {}
+        for batch in (rows, None):
+            compiled = tf.function(
+                lambda s: masks.random_bits((tf.shape(s)[0], 12, 32), s),
+                jit_compile=jit_compile,
+                input_signature=[tf.TensorSpec((batch, 2), tf.uint32)],
+            )
+            draws[batch] = compiled(seeds).numpy()
+        np.testing.assert_array_equal(draws[rows], draws[None], err_msg=f"rows={rows}")
+
+
 def test_philox_implementation_is_refused_where_it_does_not_exist():
     if keras.backend.backend() == "tensorflow":
         seeds = masks.fold_in(masks.make_seed(1), ops.arange(2, dtype="int32"))

@@ -25,6 +25,8 @@ jax_only = pytest.mark.skipif(BACKEND != "jax", reason="needs the JAX backend")
 
 FEATURES = 5
 ROWS = 6
+# predict_mc pads a call's rows up to a power of two (compiled shapes are bucketed).
+PADDED_ROWS = 8
 NUM_SAMPLES = 40
 SE_TOLERANCE = 5.0  # standard errors allowed between two estimates
 
@@ -289,7 +291,7 @@ def test_layers_before_the_first_dropout_see_the_untiled_rows(kind):
     _clear(before + [after])
     _predict(model, _x(), num_samples=7)
     for probe in before:
-        assert probe.batch_sizes and set(probe.batch_sizes) == {ROWS}, probe.name
+        assert probe.batch_sizes and set(probe.batch_sizes) == {PADDED_ROWS}, probe.name
 
 
 @pytest.mark.parametrize("kind", sorted(PROBED_MODELS))
@@ -297,7 +299,7 @@ def test_layers_after_the_first_dropout_see_rows_times_samples(kind):
     model, before, after = PROBED_MODELS[kind]()
     _clear(before + [after])
     result = _predict(model, _x(), num_samples=7)
-    assert after.batch_sizes and set(after.batch_sizes) == {ROWS * 7}
+    assert after.batch_sizes and set(after.batch_sizes) == {PADDED_ROWS * 7}
     assert result.mean.shape == (ROWS, 2)
     assert (result.variance > 0).all()
 
@@ -763,3 +765,38 @@ def test_results_for_a_seed_do_not_depend_on_batch_size_or_chunk_size():
     for options in ({"chunk_size": 60, "batch_size": 7}, {"chunk_size": 7}, {"batch_size": 1}):
         samples = kd.predict_mc(model, x, num_samples=20, seed=5, return_samples=True, **options).samples
         np.testing.assert_allclose(samples, reference, rtol=1e-5, atol=1e-6, err_msg=str(options))
+
+
+def _bucket_model():
+    keras.utils.set_random_seed(1)
+    return keras.Sequential(
+        [keras.Input((5,)), keras.layers.Dense(8), kd.layers.MCDropout(0.4), keras.layers.Dense(2)]
+    )
+
+
+def test_results_are_identical_across_bucket_boundaries():
+    # Rows pad up to power-of-two buckets; a row's draws depend on its id, not on the padding.
+    model = _bucket_model()
+    x = np.random.default_rng(3).normal(size=(40, 5)).astype("float32")
+    reference = kd.predict_mc(model, x, num_samples=6, seed=2, return_samples=True).samples
+    for rows in (15, 16, 17, 31, 32, 33):
+        samples = kd.predict_mc(model, x[:rows], num_samples=6, seed=2, return_samples=True).samples
+        np.testing.assert_allclose(samples, reference[:rows], rtol=1e-5, atol=1e-6, err_msg=str(rows))
+
+
+@pytest.mark.tf_only
+def test_new_row_counts_within_a_bucket_do_not_retrace(caplog, monkeypatch):
+    import logging
+
+    model = _bucket_model()
+    x = np.random.default_rng(4).normal(size=(64, 5)).astype("float32")
+    kd.predict_mc(model, x[:40], num_samples=4, seed=0)  # traces (and compiles) the 64-row bucket
+    traces = []
+    original = mc.sample_chunk
+    # The compiled function calls `sample_chunk` only while it traces.
+    monkeypatch.setattr(mc, "sample_chunk", lambda *args: traces.append(1) or original(*args))
+    with caplog.at_level(logging.WARNING):
+        for rows in range(33, 64, 3):
+            kd.predict_mc(model, x[:rows], num_samples=4, seed=0)
+    assert traces == []
+    assert not [r for r in caplog.records if "retracing" in r.getMessage()]
