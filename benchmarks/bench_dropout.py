@@ -19,7 +19,10 @@ Variants, each forward and forward+backward (`value_and_grad` of
 - `keras Dropout`: `keras.layers.Dropout(0.5)(x, training=True)`;
 - `ours training`: `kd.layers.MCDropout(0.5)(x, training=True)`;
 - `ours sampling`: `MCDropout(0.5)(x)` (training=False) inside `kd.sampling()`:
-  the inference-time switch, read from the layer's state variable at run time.
+  the inference-time switch, read from the layer's state variable at run time;
+- `ours switch off`: the same call with the layer's switch off: deterministic
+  inference (what `model.predict` costs outside `kd.sampling()`), where Keras'
+  Dropout is free; the price of reading the switch at run time.
 
 Timing: all variants of one mode are warmed up, then `--repeats` rounds run
 each variant once, in alternating order; a variant's time is the median over
@@ -45,7 +48,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 RATE = 0.5
-VARIANTS = ("x*2", "keras Dropout", "ours training", "ours sampling")
+VARIANTS = ("x*2", "keras Dropout", "ours training", "ours sampling", "ours switch off")
 MODES = {"tensorflow": ("tf-graph", "tf-xla"), "jax": ("jax-jit",)}
 GOALS = """Goals:
 - forward, ours sampling <= 1.5x x*2 under tf-xla and jax-jit;
@@ -116,13 +119,15 @@ def _tf_variants(shape):
     keras_dropout = keras.layers.Dropout(RATE, seed=3)
     ours_training = kd.layers.MCDropout(RATE, name="ours_training")
     ours_sampling = kd.layers.MCDropout(RATE, name="ours_sampling")
+    ours_off = kd.layers.MCDropout(RATE, name="ours_switch_off")
     forward = {
         "x*2": lambda t: t * 2.0,
         "keras Dropout": lambda t: keras_dropout(t, training=True),
         "ours training": lambda t: ours_training(t, training=True),
         "ours sampling": lambda t: ours_sampling(t, training=False),
+        "ours switch off": lambda t: ours_off(t, training=False),
     }
-    return x, w, forward
+    return x, w, forward, ours_off
 
 
 def _tf_function(fn, w, backward, jit_compile):
@@ -144,9 +149,10 @@ def _tf_function(fn, w, backward, jit_compile):
 def run_tensorflow(shape, repeats):
     import keras_dropout as kd
 
-    x, w, forward = _tf_variants(shape)
+    x, w, forward, ours_off = _tf_variants(shape)
     results = {}
     with kd.sampling(seed=0):
+        ours_off.set_sampling_enabled(False)
         for mode, jit_compile in (("tf-graph", False), ("tf-xla", True)):
             for backward in (False, True):
                 functions = {}
@@ -207,11 +213,14 @@ def jax_callables(shape, backward, seed=0):
         "keras Dropout": (keras.layers.Dropout(RATE, seed=3), True),
         "ours training": (kd.layers.MCDropout(RATE, name="ours_training"), True),
         "ours sampling": (kd.layers.MCDropout(RATE, name="ours_sampling"), False),
+        "ours switch off": (kd.layers.MCDropout(RATE, name="ours_switch_off"), False),
     }
     functions = {}
     for name, (layer, training) in layers.items():
         if layer is not None:
             layer.build(shape)
+        if name == "ours switch off":
+            layer.set_sampling_enabled(False)
         step = _jax_step(layer, training, backward, w)
         state = [v.value for v in layer.non_trainable_variables] if layer is not None else []
         cell = {"state": state}

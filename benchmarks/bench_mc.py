@@ -46,6 +46,14 @@ default; `KERAS_BACKEND=jax` works too):
    (XLA compiles per shape) and False; the ratio is what a new batch size costs. Rows are
    padded to power-of-two buckets, so the new counts reuse what the warm-up compiled.
 
+5. `jit_compile="auto"` (`--parts auto`, TensorFlow): on the MLP (B=256, S=50), the
+   head-dropout CNN (B=256, S=100) and EfficientNetB0 (weights=None, 32x32, top dropout
+   and stochastic depth, B=16, S=8), each in a fresh copy per variant: first-call time of
+   False (graph), True (XLA) and "auto", then "auto" is called until it has timed both
+   paths and chosen (at most `--auto-warmup-seconds`; an undecided "auto" runs the graph),
+   then the three are timed in interleaved rounds. Reported: auto / the faster path
+   (goal <= 1.15) and XLA / graph.
+
 Timing: every variant of a measurement is warmed up, then `--repeats` rounds
 run each once, alternating the order; times are medians over rounds and
 ratios are medians of the per-round ratios. The machine's other load slows
@@ -54,13 +62,14 @@ a whole round alike, so compare ratios, not times.
 Goals: predict_mc >= 3x faster than the naive sampled loop (MLP), >= 10x
 (head-dropout CNN); S=100 predict_mc <= 2x one `model.predict` (CNN); MLP
 throughput >= 50% of the matmul's FLOP/s; 7 calls at 7 new row counts <= 2.5x 7
-calls at one count.
+calls at one count; `jit_compile="auto"` <= 1.15x the faster path on each of the three models.
 
 Usage:
     python benchmarks/bench_mc.py
     python benchmarks/bench_mc.py --repeats 3 --parts mlp,cnn
     python benchmarks/bench_mc.py --parts memory --memory-rows 100000 --memory-samples 1000
     python benchmarks/bench_mc.py --parts rows
+    python benchmarks/bench_mc.py --parts auto --repeats 5
 """
 
 import argparse
@@ -533,7 +542,84 @@ def report_rows(result):
     return "\n".join(lines)
 
 
-def check_goals(mlp=None, cnn=None, rows=None):
+def build_efficientnet(seed=0):
+    """keras.applications.EfficientNetB0, random weights, 32x32 inputs, 10 classes."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    return keras.applications.EfficientNetB0(weights=None, input_shape=(32, 32, 3), classes=10)
+
+
+AUTO_MODELS = {
+    # name: (builder, input shape past the batch, rows, samples)
+    "MLP": (build_mlp, (MLP_FEATURES,), 256, 50),
+    "CNN (head dropout)": (build_cnn, (32, 32, 3), 256, 100),
+    "EfficientNetB0": (build_efficientnet, (32, 32, 3), 16, 8),
+}
+
+
+def _auto_choice(model):
+    """The path `jit_compile="auto"` settled on for `model`, or None while it is undecided."""
+    from keras_dropout import mc
+
+    choices = {trial.choice for trial in mc._path_trials.get(model, {}).values()}
+    return choices.pop() if len(choices) == 1 and None not in choices else None
+
+
+def bench_auto(repeats, warmup_seconds):
+    import keras
+
+    import keras_dropout as kd
+
+    results = {}
+    for name, (build, shape, rows, num_samples) in AUTO_MODELS.items():
+        print(f"  auto: {name}", file=sys.stderr, flush=True)
+        x = np.random.default_rng(0).uniform(size=(rows,) + shape).astype("float32")
+        models = {jit: build() for jit in (False, True, "auto")}
+
+        def run(jit):
+            return kd.predict_mc(models[jit], x, num_samples, seed=0, jit_compile=jit, verbose=0)
+
+        functions = {f"jit_compile={jit}": (lambda jit=jit: run(jit)) for jit in models}
+        first = _first_call_seconds(functions)
+        started, calls = time.perf_counter(), 0
+        while _auto_choice(models["auto"]) is None and time.perf_counter() - started < warmup_seconds:
+            run("auto")
+            calls += 1
+        decided = _auto_choice(models["auto"])
+        times = time_interleaved(functions, repeats, warmup=1)
+        results[name] = {
+            "first": first, "times": times, "choice": decided or "undecided (graph)",
+            "decision_calls": calls, "decision_seconds": time.perf_counter() - started,
+            "rows": rows, "samples": num_samples,
+        }
+        keras.backend.clear_session()
+    return results
+
+
+def report_auto(results):
+    lines = [
+        'jit_compile="auto" against both paths (each in a fresh model)',
+        "",
+        "| model | rows x S | first call False / True / auto (s) | auto chose | calls to decide | "
+        "False ms | True ms | auto ms | XLA / graph | auto / faster |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, result in results.items():
+        times, first = result["times"], result["first"]
+        xla_over_graph = median_ratio(times, "jit_compile=True", "jit_compile=False")
+        faster = "jit_compile=True" if xla_over_graph < 1 else "jit_compile=False"
+        lines.append(
+            f"| {name} | {result['rows']} x {result['samples']} | "
+            + " / ".join(f"{first[f'jit_compile={j}']:.1f}" for j in (False, True, "auto"))
+            + f" | {result['choice']} | {result['decision_calls']} | "
+            + " | ".join(_fmt_ms(median_time(times, f"jit_compile={j}")) for j in (False, True, "auto"))
+            + f" | {xla_over_graph:.2f} | {median_ratio(times, 'jit_compile=auto', faster):.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def check_goals(mlp=None, cnn=None, rows=None, auto=None):
     checks = []
     reference = "predict_mc jit_compile=auto"
     if mlp is not None:
@@ -556,12 +642,18 @@ def check_goals(mlp=None, cnn=None, rows=None):
             checks.append(
                 (f"7 new row counts <= 2.5x one count (jit_compile={jit_compile})", ratio, ratio <= 2.5)
             )
+    for name, result in (auto or {}).items():
+        times = result["times"]
+        faster = min(("jit_compile=True", "jit_compile=False"), key=lambda v: median_time(times, v))
+        ratio = median_ratio(times, "jit_compile=auto", faster)
+        checks.append((f'{name}: jit_compile="auto" <= 1.15x the faster path', ratio, ratio <= 1.15))
     return checks
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", default="mlp,cnn,memory,rows", help="comma-separated: mlp,cnn,memory,rows")
+    parser.add_argument("--parts", default="mlp,cnn,memory,rows,auto", help="comma-separated: mlp,cnn,memory,rows,auto")
+    parser.add_argument("--auto-warmup-seconds", type=float, default=120.0)
     parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds (median taken)")
     parser.add_argument("--loop-samples", type=int, default=10, help="CNN loop iterations timed")
     parser.add_argument("--memory-rows", type=int, default=100_000)
@@ -597,7 +689,12 @@ def main(argv=None):
         print("running rows ...", file=sys.stderr, flush=True)
         rows = bench_rows()
         print(report_rows(rows) + "\n", flush=True)
-    for goal, measured, met in check_goals(mlp, cnn, rows):
+    auto = None
+    if "auto" in parts and keras.backend.backend() == "tensorflow":
+        print("running auto ...", file=sys.stderr, flush=True)
+        auto = bench_auto(args.repeats, args.auto_warmup_seconds)
+        print(report_auto(auto) + "\n", flush=True)
+    for goal, measured, met in check_goals(mlp, cnn, rows, auto):
         print(f"- {goal}: {measured:.2f} {'met' if met else 'MISSED'}")
 
 

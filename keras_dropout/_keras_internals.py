@@ -217,6 +217,19 @@ def in_xla_context():
     )
 
 
+def omit_retracing_warning(function):
+    """Silences TF's "triggered tf.function retracing" warning for `function`.
+
+    TF counts traces per Python code object, across every `tf.function` built
+    from it: `predict_mc` builds one per model, path and `num_samples` from one
+    lambda, so using a few models in turn warned, with advice that does not
+    apply (its row counts are already bucketed). Returns `function`.
+    """
+    if hasattr(function, "_omit_frequent_tracing_warning"):
+        function._omit_frequent_tracing_warning = True
+    return function
+
+
 def parse_saved_model(path):
     """The SavedModel proto at `path`, read without loading the model."""
     from tensorflow.python.saved_model import loader_impl

@@ -3,6 +3,7 @@
 import math
 import numbers
 import threading
+import time
 import warnings
 import weakref
 
@@ -24,6 +25,7 @@ SEED_RANGE = (-(2**63), 2**63)  # what the mc_sample signature's int64 seed hold
 
 _compiled_functions = weakref.WeakKeyDictionary()
 _xla_refused = weakref.WeakKeyDictionary()  # model -> why XLA cannot compile it
+_path_trials = weakref.WeakKeyDictionary()  # model -> {input signature: _PathTrial}
 _warned_models = weakref.WeakSet()
 
 
@@ -203,7 +205,7 @@ def predict_mc(
     row_words = _row_words(row_ids, sum(_num_rows(b) for b in batches))
     _samplable_model(model, batches[0])
     tasks = _output_tasks(model, task, from_logits)
-    use_xla = _use_xla(jit_compile, model)
+    path = _execution_path(jit_compile, model)
 
     samples_per_call = min(num_samples, chunk_size)
     rows_per_call = max(1, chunk_size // samples_per_call)
@@ -223,12 +225,14 @@ def predict_mc(
     calls_per_chunk = math.ceil(num_samples / samples_per_call)
     total_calls = sum(math.ceil(_num_rows(b) / rows_per_call) for b in batches) * calls_per_chunk
     progress = _progress_bar(verbose, total_calls)
-    if progress is not None or verbose == 1:
-        reason = _xla_refused.get(model)
-        path = "XLA" if use_xla else "graph" + (f" (XLA cannot compile it: {reason})" if reason else "")
-        print(f"predict_mc: '{model.name}' runs as {path}")
 
     accumulators = [_Accumulator(t, tau, levels, return_samples, from_logits) for t in tasks]
+    trial = None
+    if path == "measure":
+        trial = _path_trial(model, batches[0], samples_per_call)
+    if progress is not None or verbose == 1:
+        print(f"predict_mc: '{model.name}' runs as {_describe_path(model, path, trial)}")
+    calls_left = total_calls
     row_offset = 0
     for batch in batches:
         for start in range(0, _num_rows(batch), rows_per_call):
@@ -241,9 +245,13 @@ def predict_mc(
                 # Derived inside the compiled call: eager seed ops cost more
                 # than a small model's whole forward pass.
                 words = np.append(seed_words, np.uint32(sample_start))
-                outputs = _run_sampler(model, use_xla, padded, words, ids, samples_per_call)
-                for collected, output in zip(per_output, tree.flatten(outputs)):
-                    collected.append(ops.convert_to_numpy(output)[:count])
+                calls_left -= 1
+                if trial is not None:
+                    outputs = trial.run(padded, words, ids, samples_per_call, calls_left)
+                else:
+                    outputs = _run_sampler(model, path == "xla", padded, words, ids, samples_per_call)
+                for collected, output in zip(per_output, outputs):
+                    collected.append(output[:count])
                 if progress is not None:
                     progress.add(1)
             for accumulator, collected in zip(accumulators, per_output):
@@ -494,27 +502,108 @@ def _xla_obstacle(model):
     return None
 
 
-def _use_xla(jit_compile, model):
+def _execution_path(jit_compile, model):
+    """"xla", "graph" or "measure" (TensorFlow, `jit_compile="auto"`)."""
     if jit_compile == "auto":
-        if model in _xla_refused:
-            return False
-        obstacle = _xla_obstacle(model) if keras.backend.backend() == "tensorflow" else None
+        if keras.backend.backend() == "jax":
+            # Without jit, JAX runs op by op from Python: always slower.
+            return "xla"
+        if keras.backend.backend() != "tensorflow" or model in _xla_refused:
+            return "graph"
+        obstacle = _xla_obstacle(model)
         if obstacle is not None:
             _xla_refused[model] = obstacle
-            return False
-        # XLA on TensorFlow too: it fuses the per-row mask hash into its
-        # consumer, which TF's graph executor runs as a dozen full-size
-        # integer ops. benchmarks/bench_mc.py (TF 2.21, 2 CPU cores): XLA
-        # takes 0.61x the graph's time on its MLP (B=256, S=50) and 0.91x on
-        # its head-dropout CNN (B=256, S=100); the first call for each new
-        # input shape compiles (about 1 s for those models).
-        return keras.backend.backend() in ("jax", "tensorflow")
+            return "graph"
+        # XLA fuses the per-row mask hash into its consumer, which TF's graph
+        # executor runs as a dozen full-size integer ops, but it is not always
+        # faster: bench_mc.py (2 CPU cores) measured XLA at 0.61x the graph's
+        # time on an MLP and 3-6x on EfficientNetB0. So the two are timed.
+        return "measure"
     if not isinstance(jit_compile, bool):
         raise ValueError(
             "Invalid value received for argument `jit_compile`. Expected "
             f"True, False or 'auto'. Received: jit_compile={jit_compile!r}"
         )
-    return jit_compile
+    return "xla" if jit_compile else "graph"
+
+
+# XLA is tried once the graph time spent on a model and input signature (or
+# about to be, by the call in hand) reaches this many times the graph's
+# tracing time: compiling for XLA took 2-3x tracing on the benchmark models,
+# so trying it costs a bounded fraction of the work it might speed up.
+_TRIAL_AFTER_TRACES = 3.0
+
+
+class _PathTrial:
+    """`jit_compile="auto"` on TensorFlow: times the graph and XLA, keeps the faster.
+
+    Every call of the trial is a real call whose outputs are used (both paths
+    draw the same masks from the same per-row keys), so measuring costs only
+    XLA's compilation. The choice is kept per model and input signature
+    (dtypes, shapes past the batch, samples per call); a trial may span
+    several `predict_mc` calls.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.choice = None  # "xla" or "graph", once decided
+        self.trace_seconds = None
+        self.graph_seconds = 0.0  # spent on steady graph calls
+        self.graph_rate = None  # best steady seconds per (row, sample)
+        self.xla_rate = None
+        self.xla_calls = 0
+
+    def run(self, inputs, seed_words, row_words, num_samples, calls_left):
+        if self.choice is not None:
+            return self._call(self.choice == "xla", inputs, seed_words, row_words, num_samples)[0]
+        pairs = _num_rows(inputs) * num_samples
+        if self.trace_seconds is None or self.graph_rate is None or not self._worth_trying(pairs, calls_left):
+            outputs, seconds = self._call(False, inputs, seed_words, row_words, num_samples)
+            if self.trace_seconds is None:
+                self.trace_seconds = seconds
+            else:
+                self.graph_seconds += seconds
+                self.graph_rate = min(self.graph_rate or math.inf, seconds / pairs)
+            return outputs
+        outputs, seconds = self._call(True, inputs, seed_words, row_words, num_samples)
+        if self.model in _xla_refused:
+            self.choice = "graph"
+            return outputs
+        self.xla_calls += 1
+        if self.xla_calls > 1:  # the first one compiled
+            self.xla_rate = min(self.xla_rate or math.inf, seconds / pairs)
+        if self.xla_calls >= 3:
+            self.choice = "xla" if self.xla_rate < self.graph_rate else "graph"
+        return outputs
+
+    def _worth_trying(self, pairs, calls_left):
+        ahead = self.graph_rate * pairs * (calls_left + 1)
+        return self.xla_calls or self.graph_seconds + ahead >= _TRIAL_AFTER_TRACES * self.trace_seconds
+
+    def _call(self, xla, inputs, seed_words, row_words, num_samples):
+        start = time.perf_counter()
+        outputs = _run_sampler(self.model, xla, inputs, seed_words, row_words, num_samples)
+        return outputs, time.perf_counter() - start
+
+
+def _path_trial(model, first_batch, num_samples):
+    signature = tuple(
+        (str(array.dtype), tuple(array.shape[1:])) for array in tree.flatten(first_batch)
+    )
+    trials = _path_trials.setdefault(model, {})
+    return trials.setdefault((signature, num_samples), _PathTrial(model))
+
+
+def _describe_path(model, path, trial):
+    reason = _xla_refused.get(model)
+    if reason:
+        return f"graph (XLA cannot compile it: {reason})"
+    if trial is None:
+        return "XLA" if path == "xla" else "graph"
+    if trial.choice is not None:
+        faster = trial.xla_rate / trial.graph_rate
+        return f"{'XLA' if trial.choice == 'xla' else 'graph'} (measured: XLA {faster:.2f}x the graph's time)"
+    return "graph, then XLA for a few calls to time both (jit_compile='auto')"
 
 
 def sample_chunk(model, inputs, seed_words, row_words, num_samples):
@@ -546,8 +635,10 @@ TRACE_LOCK = threading.RLock()
 
 
 def _run_sampler(model, use_xla, inputs, seed_words, row_words, num_samples):
+    """The flat outputs of one compiled call, as NumPy arrays (the call is done)."""
     with TRACE_LOCK:
-        return _run_sampler_unlocked(model, use_xla, inputs, seed_words, row_words, num_samples)
+        outputs = _run_sampler_unlocked(model, use_xla, inputs, seed_words, row_words, num_samples)
+    return [ops.convert_to_numpy(output) for output in tree.flatten(outputs)]
 
 
 def _run_sampler_unlocked(model, use_xla, inputs, seed_words, row_words, num_samples):
@@ -585,11 +676,13 @@ def _compiled_sampler(model, xla):
 
         def sample_fn(inputs, seed_words, row_words, num_samples):
             if num_samples not in functions:
-                functions[num_samples] = tf.function(
-                    lambda i, s, r: sample_chunk(model, i, s, r, num_samples),
-                    jit_compile=xla,
-                    reduce_retracing=True,
-                    autograph=False,
+                functions[num_samples] = internals.omit_retracing_warning(
+                    tf.function(
+                        lambda i, s, r: sample_chunk(model, i, s, r, num_samples),
+                        jit_compile=xla,
+                        reduce_retracing=True,
+                        autograph=False,
+                    )
                 )
             return functions[num_samples](inputs, seed_words, row_words)
 

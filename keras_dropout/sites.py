@@ -117,7 +117,7 @@ _STOCK_LAYERS = {
         "dropout",
         "rate",
         lambda layer, x, seed: dropout_module.inverted_dropout(
-            x, layer.rate, *dropout_module.batch_shared_noise(layer.noise_shape, x, seed)
+            x, layer.rate, *dropout_module.batch_shared_noise(layer.noise_shape, ops.shape(x), seed)
         ),
     ),
     keras.layers.SpatialDropout1D: ("spatial_dropout", "rate", _spatial_sampler),
@@ -132,7 +132,7 @@ _STOCK_LAYERS = {
         "alpha_dropout",
         "rate",
         lambda layer, x, seed: alpha_module.alpha_dropout(
-            x, layer.rate, *dropout_module.batch_shared_noise(layer.noise_shape, x, seed)
+            x, layer.rate, *dropout_module.batch_shared_noise(layer.noise_shape, ops.shape(x), seed)
         ),
     ),
     keras.layers.GaussianNoise: (

@@ -800,3 +800,71 @@ def test_new_row_counts_within_a_bucket_do_not_retrace(caplog, monkeypatch):
             kd.predict_mc(model, x[:rows], num_samples=4, seed=0)
     assert traces == []
     assert not [r for r in caplog.records if "retracing" in r.getMessage()]
+
+
+class _FakeClock:
+    """Stands in for `time` in keras_dropout.mc: each sampler call takes what it is told."""
+
+    def __init__(self, seconds_per_call):
+        self.now = 0.0
+        self.seconds_per_call = seconds_per_call  # {xla: seconds}
+
+    def perf_counter(self):
+        return self.now
+
+
+@pytest.mark.tf_only
+@pytest.mark.parametrize("faster", ["xla", "graph"])
+def test_auto_times_the_graph_and_xla_then_keeps_the_faster(monkeypatch, capsys, faster):
+    # A fake clock decides which path "is faster", so the test is not a timing;
+    # the sampler calls themselves are real.
+    model = _bucket_model()
+    x = np.random.default_rng(5).normal(size=(64, 5)).astype("float32")
+    clock = _FakeClock({faster == "xla": 1.0, faster != "xla": 3.0})
+    paths = []
+    real = mc._run_sampler
+
+    def counted(model_, xla, *args):
+        paths.append(xla)
+        clock.now += clock.seconds_per_call[xla]
+        return real(model_, xla, *args)
+
+    monkeypatch.setattr(mc, "time", clock)
+    monkeypatch.setattr(mc, "_run_sampler", counted)
+    # chunk_size 16 at S=4: 4 rows a call, 16 calls.
+    first = kd.predict_mc(model, x, 4, seed=1, chunk_size=16, return_samples=True)
+    assert set(paths) == {False, True}  # both were timed...
+    (trial,) = mc._path_trials[model].values()
+    assert trial.choice == faster
+    decided_at = len(paths) - paths[::-1].index(True)  # ...then the choice sticks
+    assert set(paths[decided_at:]) <= {faster == "xla"}
+    paths.clear()
+    second = kd.predict_mc(model, x, 4, seed=1, chunk_size=16, return_samples=True)
+    assert set(paths) == {faster == "xla"}
+    kd.predict_mc(model, x, 4, seed=1, chunk_size=16, verbose=1)
+    expected = "XLA (measured: XLA 0.33x" if faster == "xla" else "graph (measured: XLA 3.00x"
+    assert expected in capsys.readouterr().out
+    # Both paths draw the same masks: the measuring changes no result.
+    monkeypatch.undo()
+    reference = kd.predict_mc(model, x, 4, seed=1, chunk_size=16, jit_compile=False, return_samples=True)
+    for result in (first, second):
+        np.testing.assert_allclose(result.samples, reference.samples, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.tf_only
+def test_auto_does_not_compile_for_xla_when_the_work_is_too_small_to_repay_it(monkeypatch):
+    model = _bucket_model()
+    clock = _FakeClock({False: 1.0, True: 1.0})
+    paths = []
+    real = mc._run_sampler
+
+    def counted(model_, xla, *args):
+        paths.append(xla)
+        clock.now += clock.seconds_per_call[xla]
+        return real(model_, xla, *args)
+
+    monkeypatch.setattr(mc, "time", clock)
+    monkeypatch.setattr(mc, "_run_sampler", counted)
+    kd.predict_mc(model, _x(), 4, seed=0)  # one call: nothing to gain from compiling
+    kd.predict_mc(model, _x(), 4, seed=0)
+    assert paths == [False, False]

@@ -1,6 +1,7 @@
 """MCAlphaDropout: dropout that keeps SELU's self-normalising mean and variance."""
 
 import keras
+from keras import ops
 
 from keras_dropout import masks
 from keras_dropout.layers.dropout import check_noise_shape_fits
@@ -68,7 +69,7 @@ class MCAlphaDropout(SamplingLayer):
         check_noise_shape_fits(self.noise_shape, input_shape)
 
     def sampled_call(self, inputs, seed):
-        shape, seed = batch_shared_noise(self.noise_shape, inputs, seed)
+        shape, seed = batch_shared_noise(self.noise_shape, ops.shape(inputs), seed)
         return alpha_dropout(inputs, self.rate, shape, seed)
 
     def get_config(self):

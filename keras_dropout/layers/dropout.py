@@ -55,9 +55,9 @@ def check_noise_shape_fits(noise_shape, input_shape):
                 raise ValueError(message)
 
 
-def concrete_noise_shape(noise_shape, inputs):
-    """`noise_shape` with None replaced by the input's dimensions."""
-    input_shape = ops.shape(inputs)
+def concrete_noise_shape(noise_shape, input_shape):
+    """`noise_shape` with None replaced by the input's dimensions (`ops.shape`)."""
+    input_shape = tuple(input_shape)
     if noise_shape is None:
         return input_shape
     return tuple(
@@ -66,7 +66,7 @@ def concrete_noise_shape(noise_shape, inputs):
     )
 
 
-def batch_shared_noise(noise_shape, inputs, seed):
+def batch_shared_noise(noise_shape, input_shape, seed):
     """`(concrete noise shape, seed)` for a mask drawn under `seed_scope`.
 
     A `noise_shape` whose batch dimension is 1 shares one mask across the
@@ -74,7 +74,7 @@ def batch_shared_noise(noise_shape, inputs, seed):
     and sharing one mask across all of them would make every sample equal:
     the mask is then drawn per Monte Carlo sample and shared by the rows.
     """
-    shape = concrete_noise_shape(noise_shape, inputs)
+    shape = concrete_noise_shape(noise_shape, input_shape)
     scope = current_seed_scope()
     seed = ops.convert_to_tensor(seed)
     if (
@@ -85,7 +85,7 @@ def batch_shared_noise(noise_shape, inputs, seed):
         or len(seed.shape) != 2
     ):
         return shape, seed
-    batch = ops.shape(inputs)[0]
+    batch = input_shape[0]
     per_sample = scope.sample_seeds(scope.last_call_seed)  # (S, 2)
     rows = batch // ops.shape(per_sample)[0]
     return (batch,) + tuple(shape[1:]), ops.tile(per_sample, (rows, 1))  # row-major tiling
@@ -97,8 +97,13 @@ def inverted_dropout(inputs, rate, noise_shape, seed):
     The one dropout formula of the package: `MCDropout`, the spatial layers
     and Keras' own dropout layers while they sample all call it.
     """
-    keep = masks.keep_mask(noise_shape, rate, seed, inputs.dtype)
-    return inputs * (keep * (1.0 / (1.0 - rate)))
+    return inputs * dropout_multiplier(rate, noise_shape, seed, inputs.dtype)
+
+
+def dropout_multiplier(rate, noise_shape, seed, dtype):
+    """`keep / (1 - rate)`: what inverted dropout multiplies its input by."""
+    keep = masks.keep_mask(noise_shape, rate, seed, dtype)
+    return keep * (1.0 / (1.0 - rate))
 
 
 @keras.saving.register_keras_serializable(package="keras_dropout")
@@ -150,9 +155,9 @@ class MCDropout(SamplingLayer):
     def build(self, input_shape):
         check_noise_shape_fits(self.noise_shape, input_shape)
 
-    def sampled_call(self, inputs, seed):
-        shape, seed = batch_shared_noise(self.noise_shape, inputs, seed)
-        return inverted_dropout(inputs, self.rate, shape, seed)
+    def sampled_multiplier(self, input_shape, dtype, seed):
+        shape, seed = batch_shared_noise(self.noise_shape, input_shape, seed)
+        return dropout_multiplier(self.rate, shape, seed, dtype)
 
     def get_config(self):
         base_config = super().get_config()

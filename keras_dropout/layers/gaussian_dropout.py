@@ -11,9 +11,13 @@ from keras_dropout.layers.sampling_layer import validate_rate
 
 def gaussian_dropout(inputs, rate, seed):
     """`inputs` times multiplicative noise N(1, rate / (1 - rate))."""
+    return inputs * gaussian_multiplier(rate, keras.ops.shape(inputs), seed, inputs.dtype)
+
+
+def gaussian_multiplier(rate, shape, seed, dtype):
+    """The multiplicative noise of `gaussian_dropout`, `1 + stddev * N(0, 1)`."""
     stddev = math.sqrt(rate / (1.0 - rate))
-    noise = masks.normal(keras.ops.shape(inputs), seed, inputs.dtype)
-    return inputs * (1.0 + stddev * noise)
+    return 1.0 + stddev * masks.normal(shape, seed, dtype)
 
 
 @keras.saving.register_keras_serializable(package="keras_dropout")
@@ -52,8 +56,8 @@ class MCGaussianDropout(SamplingLayer):
     def is_noisy(self):
         return self.rate > 0
 
-    def sampled_call(self, inputs, seed):
-        return gaussian_dropout(inputs, self.rate, seed)
+    def sampled_multiplier(self, input_shape, dtype, seed):
+        return gaussian_multiplier(self.rate, input_shape, seed, dtype)
 
     def get_config(self):
         base_config = super().get_config()

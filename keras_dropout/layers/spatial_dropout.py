@@ -1,9 +1,8 @@
 """MCSpatialDropout1D/2D/3D: drop whole channels, in training and at inference."""
 
 import keras
-from keras import ops
 
-from keras_dropout.layers.dropout import inverted_dropout
+from keras_dropout.layers.dropout import dropout_multiplier
 from keras_dropout.layers.sampling_layer import SamplingLayer
 from keras_dropout.layers.sampling_layer import validate_rate
 
@@ -39,15 +38,14 @@ class BaseMCSpatialDropout(SamplingLayer):
     def is_noisy(self):
         return self.rate > 0
 
-    def _noise_shape(self, inputs):
-        shape = ops.shape(inputs)
+    def _noise_shape(self, shape):
         spatial_ones = (1,) * self.rank
         if self.data_format == "channels_first":
             return (shape[0], shape[1]) + spatial_ones
         return (shape[0],) + spatial_ones + (shape[-1],)
 
-    def sampled_call(self, inputs, seed):
-        return inverted_dropout(inputs, self.rate, self._noise_shape(inputs), seed)
+    def sampled_multiplier(self, input_shape, dtype, seed):
+        return dropout_multiplier(self.rate, self._noise_shape(input_shape), seed, dtype)
 
     def get_config(self):
         base_config = super().get_config()
