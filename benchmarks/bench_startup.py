@@ -27,30 +27,38 @@ import subprocess
 import sys
 import time
 
+# name: (arguments, the exit status it must end with)
 COMMANDS = {
-    'python -c "import numpy"': ["-c", "import numpy"],
-    "keras-dropout --help": ["-m", "keras_dropout.cli", "--help"],
-    "keras-dropout --version": ["-m", "keras_dropout.cli", "--version"],
-    "keras-dropout predict (argument error)": ["-m", "keras_dropout.cli", "predict"],
-    'python -c "import keras_dropout"': ["-c", "import keras_dropout"],
-    'python -c "import keras_dropout as kd; kd.layers"': ["-c", "import keras_dropout as kd; kd.layers"],
+    'python -c "import numpy"': (["-c", "import numpy"], 0),
+    "keras-dropout --help": (["-m", "keras_dropout.cli", "--help"], 0),
+    "keras-dropout --version": (["-m", "keras_dropout.cli", "--version"], 0),
+    "keras-dropout predict (argument error)": (["-m", "keras_dropout.cli", "predict"], 2),
+    'python -c "import keras_dropout"': (["-c", "import keras_dropout"], 0),
+    'python -c "import keras_dropout as kd; kd.layers"': (["-c", "import keras_dropout as kd; kd.layers"], 0),
 }
 REFERENCE = 'python -c "import numpy"'
 
 
-def time_command(arguments):
+def time_command(command):
+    """Seconds the command took; raises if it did not end as it must."""
+    arguments, expected_status = command
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     started = time.perf_counter()
-    subprocess.run([sys.executable, *arguments], env=env, capture_output=True, check=False)
-    return time.perf_counter() - started
+    completed = subprocess.run([sys.executable, *arguments], env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if completed.returncode != expected_status:
+        raise RuntimeError(
+            f"{arguments} exited {completed.returncode}, expected {expected_status}:\n{completed.stderr}"
+        )
+    return seconds
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds (median taken)")
     args = parser.parse_args(argv)
-    for arguments in COMMANDS.values():  # warm the file cache
-        time_command(arguments)
+    for command in COMMANDS.values():  # warm the file cache
+        time_command(command)
     times = {name: [] for name in COMMANDS}
     names = list(COMMANDS)
     for round_index in range(args.repeats):

@@ -144,7 +144,9 @@ def predict_mc(
         num_samples: int >= 1, Monte Carlo samples S per row.
         batch_size: optional upper bound on rows per compiled call.
         seed: optional Python or NumPy int in [-2**63, 2**63); the same seed
-            gives identical results, whatever `batch_size` and `chunk_size`.
+            gives identical results, whatever `batch_size` and `chunk_size`
+            (to float rounding while `jit_compile="auto"` is still timing
+            its two paths).
         task: "auto" (softmax/sigmoid output => classification; one sigmoid
             unit = binary, several = multi-label), "regression" or
             "classification".
@@ -153,10 +155,14 @@ def predict_mc(
         return_samples: keep the `(B, S, ...)` samples.
         interval_levels: levels of the central intervals to compute.
         tau: observation precision; adds `1 / tau` to `variance` (regression).
-        jit_compile: True, False or "auto": XLA on JAX and TensorFlow,
-            except for models XLA cannot compile (string inputs or lookup
-            tables), which use TF's graph executor; a model XLA fails on is
-            run as a graph from then on. `verbose=1` prints the choice.
+        jit_compile: True, False or "auto": `jax.jit` on JAX; on
+            TensorFlow, the TF graph or XLA, whichever measured faster on
+            this model's calls (XLA is tried once enough graph work has been
+            done to repay compiling; never for models XLA cannot compile:
+            string inputs, lookup tables); a model XLA fails on runs as a
+            graph from then on. `verbose=1` prints the choice. The two paths
+            draw the same masks and agree to float rounding (~1e-6); pass
+            True or False for bitwise-identical repeats.
         verbose: 0, 1 or "auto" (a progress bar when there are 10+ calls).
         chunk_size: the memory knob above (default 8192).
         row_ids: optional integer id per row (e.g. an example key), shape
@@ -516,8 +522,9 @@ def _execution_path(jit_compile, model):
             return "graph"
         # XLA fuses the per-row mask hash into its consumer, which TF's graph
         # executor runs as a dozen full-size integer ops, but it is not always
-        # faster: bench_mc.py (2 CPU cores) measured XLA at 0.61x the graph's
-        # time on an MLP and 3-6x on EfficientNetB0. So the two are timed.
+        # faster: bench_mc.py --parts auto (2 CPU cores) measured XLA at 0.48x
+        # the graph's time on an MLP and 6.25x on EfficientNetB0. So the two
+        # are timed.
         return "measure"
     if not isinstance(jit_compile, bool):
         raise ValueError(
@@ -539,51 +546,62 @@ class _PathTrial:
 
     Every call of the trial is a real call whose outputs are used (both paths
     draw the same masks from the same per-row keys), so measuring costs only
-    XLA's compilation. The choice is kept per model and input signature
-    (dtypes, shapes past the batch, samples per call); a trial may span
-    several `predict_mc` calls.
+    XLA's compilation. Rates (seconds per row and sample) are compared at the
+    same padded row count, and a call that compiles is never timed. The
+    choice is kept per model and input signature (dtypes, shapes past the
+    batch, samples per call); a trial may span several `predict_mc` calls.
     """
 
     def __init__(self, model):
-        self.model = model
+        self.model_ref = weakref.ref(model)  # the trial is cached under its model
         self.choice = None  # "xla" or "graph", once decided
         self.trace_seconds = None
         self.graph_seconds = 0.0  # spent on steady graph calls
-        self.graph_rate = None  # best steady seconds per (row, sample)
-        self.xla_rate = None
-        self.xla_calls = 0
+        self.graph_rates = {}  # padded (rows x samples) -> best seconds per pair
+        self.xla_rates = {}
+        self.xla_compiled = set()
+        self.xla_timed = 0
+        self.ratio = None  # XLA's time / the graph's, once decided
 
     def run(self, inputs, seed_words, row_words, num_samples, calls_left):
+        model = self.model_ref()
         if self.choice is not None:
-            return self._call(self.choice == "xla", inputs, seed_words, row_words, num_samples)[0]
+            return self._call(model, self.choice == "xla", inputs, seed_words, row_words, num_samples)[0]
         pairs = _num_rows(inputs) * num_samples
-        if self.trace_seconds is None or self.graph_rate is None or not self._worth_trying(pairs, calls_left):
-            outputs, seconds = self._call(False, inputs, seed_words, row_words, num_samples)
+        if pairs not in self.graph_rates or not self._worth_trying(pairs, calls_left):
+            outputs, seconds = self._call(model, False, inputs, seed_words, row_words, num_samples)
             if self.trace_seconds is None:
                 self.trace_seconds = seconds
             else:
                 self.graph_seconds += seconds
-                self.graph_rate = min(self.graph_rate or math.inf, seconds / pairs)
+                self.graph_rates[pairs] = min(self.graph_rates.get(pairs, math.inf), seconds / pairs)
             return outputs
-        outputs, seconds = self._call(True, inputs, seed_words, row_words, num_samples)
-        if self.model in _xla_refused:
+        outputs, seconds = self._call(model, True, inputs, seed_words, row_words, num_samples)
+        if model in _xla_refused:
             self.choice = "graph"
-            return outputs
-        self.xla_calls += 1
-        if self.xla_calls > 1:  # the first one compiled
-            self.xla_rate = min(self.xla_rate or math.inf, seconds / pairs)
-        if self.xla_calls >= 3:
-            self.choice = "xla" if self.xla_rate < self.graph_rate else "graph"
+        elif pairs not in self.xla_compiled:
+            self.xla_compiled.add(pairs)  # that call compiled: not a rate
+        else:
+            self.xla_rates[pairs] = min(self.xla_rates.get(pairs, math.inf), seconds / pairs)
+            self.xla_timed += 1
+            if self.xla_timed >= 2:  # the best of two, as the graph's is a best of several
+                self.ratio = self.xla_rates[pairs] / self.graph_rates[pairs]
+                self.choice = "xla" if self.ratio < 1 else "graph"
         return outputs
 
     def _worth_trying(self, pairs, calls_left):
-        ahead = self.graph_rate * pairs * (calls_left + 1)
-        return self.xla_calls or self.graph_seconds + ahead >= _TRIAL_AFTER_TRACES * self.trace_seconds
+        if self.xla_compiled:
+            return True
+        ahead = self.graph_rates[pairs] * pairs * (calls_left + 1)
+        return self.graph_seconds + ahead >= _TRIAL_AFTER_TRACES * self.trace_seconds
 
-    def _call(self, xla, inputs, seed_words, row_words, num_samples):
-        start = time.perf_counter()
-        outputs = _run_sampler(self.model, xla, inputs, seed_words, row_words, num_samples)
-        return outputs, time.perf_counter() - start
+    def _call(self, model, xla, inputs, seed_words, row_words, num_samples):
+        # The lock is taken before the clock starts: time spent waiting for
+        # another thread's call must not count against either path.
+        with TRACE_LOCK:
+            start = time.perf_counter()
+            outputs = _run_sampler(model, xla, inputs, seed_words, row_words, num_samples)
+            return outputs, time.perf_counter() - start
 
 
 def _path_trial(model, first_batch, num_samples):
@@ -600,9 +618,9 @@ def _describe_path(model, path, trial):
         return f"graph (XLA cannot compile it: {reason})"
     if trial is None:
         return "XLA" if path == "xla" else "graph"
-    if trial.choice is not None:
-        faster = trial.xla_rate / trial.graph_rate
-        return f"{'XLA' if trial.choice == 'xla' else 'graph'} (measured: XLA {faster:.2f}x the graph's time)"
+    if trial.choice is not None and trial.ratio is not None:
+        path = "XLA" if trial.choice == "xla" else "graph"
+        return f"{path} (measured: XLA {trial.ratio:.2f}x the graph's time)"
     return "graph, then XLA for a few calls to time both (jit_compile='auto')"
 
 
@@ -669,6 +687,9 @@ def _compiled_sampler(model, xla):
     if xla in cache:
         return cache[xla]
     backend = keras.backend.backend()
+    # The functions are cached under the model (weakly): they must not hold
+    # it, or no model passed to predict_mc would ever be freed.
+    model_ref = weakref.ref(model)
     if backend == "tensorflow":
         import tensorflow as tf
 
@@ -678,7 +699,7 @@ def _compiled_sampler(model, xla):
             if num_samples not in functions:
                 functions[num_samples] = internals.omit_retracing_warning(
                     tf.function(
-                        lambda i, s, r: sample_chunk(model, i, s, r, num_samples),
+                        lambda i, s, r: sample_chunk(model_ref(), i, s, r, num_samples),
                         jit_compile=xla,
                         reduce_retracing=True,
                         autograph=False,
@@ -689,21 +710,20 @@ def _compiled_sampler(model, xla):
     elif backend == "jax":
         import jax
 
-        variables = model.variables
-
         def stateless(values, inputs, seed_words, row_words, num_samples):
-            with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+            model = model_ref()
+            with keras.StatelessScope(state_mapping=list(zip(model.variables, values))):
                 return sample_chunk(model, inputs, seed_words, row_words, num_samples)
 
         compiled = jax.jit(stateless, static_argnums=4) if xla else stateless
 
         def sample_fn(inputs, seed_words, row_words, num_samples):
-            values = [v.value for v in variables]
+            values = [v.value for v in model_ref().variables]
             return compiled(values, inputs, seed_words, row_words, num_samples)
 
     else:
         def sample_fn(inputs, seed_words, row_words, num_samples):
-            return sample_chunk(model, inputs, seed_words, row_words, num_samples)
+            return sample_chunk(model_ref(), inputs, seed_words, row_words, num_samples)
 
     cache[xla] = sample_fn
     return sample_fn

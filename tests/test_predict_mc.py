@@ -868,3 +868,17 @@ def test_auto_does_not_compile_for_xla_when_the_work_is_too_small_to_repay_it(mo
     kd.predict_mc(model, _x(), 4, seed=0)  # one call: nothing to gain from compiling
     kd.predict_mc(model, _x(), 4, seed=0)
     assert paths == [False, False]
+
+
+@pytest.mark.parametrize("jit_compile", [False, True, "auto"])
+def test_predict_mc_keeps_no_model_alive(jit_compile):
+    # Compiled functions and path trials are cached under the model, weakly.
+    import gc
+    import weakref
+
+    model = _bucket_model()
+    kd.predict_mc(model, _x(), 4, seed=0, jit_compile=jit_compile)
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None

@@ -134,6 +134,7 @@ class SamplingLayer(keras.layers.Layer):
         # multiplier out of a cond would be materialised: 2x slower there.
         return (
             type(self).sampled_call is SamplingLayer.sampled_call
+            and type(self).deterministic_call is SamplingLayer.deterministic_call
             and keras.backend.backend() == "tensorflow"
             and not internals.in_xla_context()
         )
