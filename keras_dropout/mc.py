@@ -522,8 +522,8 @@ def _execution_path(jit_compile, model):
             return "graph"
         # XLA fuses the per-row mask hash into its consumer, which TF's graph
         # executor runs as a dozen full-size integer ops, but it is not always
-        # faster: bench_mc.py --parts auto (2 CPU cores) measured XLA at 0.48x
-        # the graph's time on an MLP and 6.25x on EfficientNetB0. So the two
+        # faster: bench_mc.py --parts auto (2 CPU cores) measured XLA at 0.44x
+        # the graph's time on an MLP and 7x on EfficientNetB0. So the two
         # are timed.
         return "measure"
     if not isinstance(jit_compile, bool):
@@ -539,6 +539,7 @@ def _execution_path(jit_compile, model):
 # tracing time: compiling for XLA took 2-3x tracing on the benchmark models,
 # so trying it costs a bounded fraction of the work it might speed up.
 _TRIAL_AFTER_TRACES = 3.0
+_TIMED_CALLS = 3  # per path, at one padded size, before choosing
 
 
 class _PathTrial:
@@ -557,10 +558,12 @@ class _PathTrial:
         self.choice = None  # "xla" or "graph", once decided
         self.trace_seconds = None
         self.graph_seconds = 0.0  # spent on steady graph calls
-        self.graph_rates = {}  # padded (rows x samples) -> best seconds per pair
+        # padded (rows x samples) -> the latest seconds per pair, at most
+        # _TIMED_CALLS of each path: the best of as many calls on both sides,
+        # since a best of more calls would favour the path timed more often.
+        self.graph_rates = {}
         self.xla_rates = {}
         self.xla_compiled = set()
-        self.xla_timed = 0
         self.ratio = None  # XLA's time / the graph's, once decided
 
     def run(self, inputs, seed_words, row_words, num_samples, calls_left):
@@ -568,13 +571,14 @@ class _PathTrial:
         if self.choice is not None:
             return self._call(model, self.choice == "xla", inputs, seed_words, row_words, num_samples)[0]
         pairs = _num_rows(inputs) * num_samples
-        if pairs not in self.graph_rates or not self._worth_trying(pairs, calls_left):
+        if len(self.graph_rates.get(pairs, ())) < _TIMED_CALLS or not self._worth_trying(pairs, calls_left):
             outputs, seconds = self._call(model, False, inputs, seed_words, row_words, num_samples)
             if self.trace_seconds is None:
                 self.trace_seconds = seconds
             else:
                 self.graph_seconds += seconds
-                self.graph_rates[pairs] = min(self.graph_rates.get(pairs, math.inf), seconds / pairs)
+                rates = self.graph_rates.setdefault(pairs, [])
+                rates[:] = (rates + [seconds / pairs])[-_TIMED_CALLS:]
             return outputs
         outputs, seconds = self._call(model, True, inputs, seed_words, row_words, num_samples)
         if model in _xla_refused:
@@ -582,17 +586,18 @@ class _PathTrial:
         elif pairs not in self.xla_compiled:
             self.xla_compiled.add(pairs)  # that call compiled: not a rate
         else:
-            self.xla_rates[pairs] = min(self.xla_rates.get(pairs, math.inf), seconds / pairs)
-            self.xla_timed += 1
-            if self.xla_timed >= 2:  # the best of two, as the graph's is a best of several
-                self.ratio = self.xla_rates[pairs] / self.graph_rates[pairs]
+            rates = self.xla_rates.setdefault(pairs, [])
+            rates.append(seconds / pairs)
+            if len(rates) >= _TIMED_CALLS:
+                graph = self.graph_rates[pairs]
+                self.ratio = min(rates) / min(graph[-len(rates):])
                 self.choice = "xla" if self.ratio < 1 else "graph"
         return outputs
 
     def _worth_trying(self, pairs, calls_left):
         if self.xla_compiled:
             return True
-        ahead = self.graph_rates[pairs] * pairs * (calls_left + 1)
+        ahead = min(self.graph_rates[pairs]) * pairs * (calls_left + 1)
         return self.graph_seconds + ahead >= _TRIAL_AFTER_TRACES * self.trace_seconds
 
     def _call(self, model, xla, inputs, seed_words, row_words, num_samples):
