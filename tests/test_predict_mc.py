@@ -805,12 +805,28 @@ def test_new_row_counts_within_a_bucket_do_not_retrace(caplog, monkeypatch):
 class _FakeClock:
     """Stands in for `time` in keras_dropout.mc: each sampler call takes what it is told."""
 
-    def __init__(self, seconds_per_call):
+    def __init__(self):
         self.now = 0.0
-        self.seconds_per_call = seconds_per_call  # {xla: seconds}
 
     def perf_counter(self):
         return self.now
+
+
+def _fake_timed_paths(monkeypatch, seconds_per_call):
+    """Makes each (real) sampler call take `seconds_per_call[xla]` on a fake
+    clock; returns the list the calls' paths (True = XLA) are appended to."""
+    clock = _FakeClock()
+    paths = []
+    real = mc._run_sampler
+
+    def timed(model, xla, *args):
+        paths.append(xla)
+        clock.now += seconds_per_call[xla]
+        return real(model, xla, *args)
+
+    monkeypatch.setattr(mc, "time", clock)
+    monkeypatch.setattr(mc, "_run_sampler", timed)
+    return paths
 
 
 @pytest.mark.tf_only
@@ -820,17 +836,7 @@ def test_auto_times_the_graph_and_xla_then_keeps_the_faster(monkeypatch, capsys,
     # the sampler calls themselves are real.
     model = _bucket_model()
     x = np.random.default_rng(5).normal(size=(64, 5)).astype("float32")
-    clock = _FakeClock({faster == "xla": 1.0, faster != "xla": 3.0})
-    paths = []
-    real = mc._run_sampler
-
-    def counted(model_, xla, *args):
-        paths.append(xla)
-        clock.now += clock.seconds_per_call[xla]
-        return real(model_, xla, *args)
-
-    monkeypatch.setattr(mc, "time", clock)
-    monkeypatch.setattr(mc, "_run_sampler", counted)
+    paths = _fake_timed_paths(monkeypatch, {faster == "xla": 1.0, faster != "xla": 3.0})
     # chunk_size 16 at S=4: 4 rows a call, 16 calls.
     first = kd.predict_mc(model, x, 4, seed=1, chunk_size=16, return_samples=True)
     assert set(paths) == {False, True}  # both were timed...
@@ -854,17 +860,7 @@ def test_auto_times_the_graph_and_xla_then_keeps_the_faster(monkeypatch, capsys,
 @pytest.mark.tf_only
 def test_auto_does_not_compile_for_xla_when_the_work_is_too_small_to_repay_it(monkeypatch):
     model = _bucket_model()
-    clock = _FakeClock({False: 1.0, True: 1.0})
-    paths = []
-    real = mc._run_sampler
-
-    def counted(model_, xla, *args):
-        paths.append(xla)
-        clock.now += clock.seconds_per_call[xla]
-        return real(model_, xla, *args)
-
-    monkeypatch.setattr(mc, "time", clock)
-    monkeypatch.setattr(mc, "_run_sampler", counted)
+    paths = _fake_timed_paths(monkeypatch, {False: 1.0, True: 1.0})
     kd.predict_mc(model, _x(), 4, seed=0)  # one call: nothing to gain from compiling
     kd.predict_mc(model, _x(), 4, seed=0)
     assert paths == [False, False]
