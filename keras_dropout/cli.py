@@ -1,4 +1,4 @@
-"""The `keras-dropout` command: demo, export, serve, check, predict.
+"""The `keras-dropout` command: demo, export, serve, check, predict, score.
 
 Parsing imports neither Keras nor TensorFlow (`--help`, `--version` and bad arguments answer at
 once); a subcommand imports what it needs when it runs.
@@ -74,6 +74,44 @@ def _predict(args):
     return 0
 
 
+def _score(args, pipeline_args):
+    try:
+        from keras_dropout.beam import score
+    except ImportError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if not any(arg.split("=")[0] == "--default_sdk_harness_log_level" for arg in pipeline_args):
+        # Beam's workers log every bundle at INFO; the progress lines are ours.
+        pipeline_args = [*pipeline_args, "--default_sdk_harness_log_level=WARNING"]
+    try:
+        summary = score(
+            args.model,
+            args.input,
+            args.output,
+            num_samples=args.num_samples,
+            seed=args.seed,
+            task=args.task,
+            from_logits=args.from_logits,
+            outputs=args.outputs.split(","),
+            interval_level=args.interval_level,
+            key_column=args.key_column,
+            feature_columns=args.feature_columns.split(",") if args.feature_columns else None,
+            input_format=args.input_format,
+            output_format=args.output_format,
+            num_shards=args.num_shards,
+            min_batch_size=args.min_batch_size,
+            max_batch_size=args.max_batch_size,
+            pipeline_args=pipeline_args,
+        )
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))
+    # Records that could not be scored are written with their reasons; a batch job
+    # that silently dropped some must not look like a success.
+    return 1 if summary["errors"] else 0
+
+
 def _demo(args):
     from keras_dropout.demo import run_demo
 
@@ -133,11 +171,43 @@ def build_parser():
     predict.add_argument("--version", type=int, default=None)
     predict.add_argument("--inputs", required=True, help='JSON object, e.g. \'{"x": [[0.1, 0.2]], "num_samples": 64}\'')
     predict.set_defaults(run=_predict)
+
+    score = commands.add_parser(
+        "score",
+        help="MC-dropout statistics for every example of TFRecord/Parquet/CSV files, on Apache Beam",
+        description="Scores every example of INPUT with MC dropout on Apache Beam (DirectRunner by default) and "
+        "writes one record of statistics per example to OUTPUT (.parquet or .jsonl, as Beam shards). Flags not "
+        "listed here are Beam pipeline options, e.g. --runner=DataflowRunner --project=... or "
+        "--direct_num_workers=4 --direct_running_mode=multi_processing. Needs the `beam` extra.",
+    )
+    score.add_argument("model", help="a .keras file (local or any filesystem Beam reads)")
+    score.add_argument("input", help="file or glob: TFRecord of tf.train.Example, Parquet, or CSV with a header")
+    score.add_argument("output", help="e.g. scores.parquet or scores.jsonl (written as shards)")
+    score.add_argument("--num_samples", type=int, default=50, help="MC samples per example")
+    score.add_argument("--seed", type=int, default=0, help="same seed and key => same statistics")
+    score.add_argument("--task", choices=("auto", "regression", "classification"), default="auto")
+    score.add_argument("--from_logits", action="store_true")
+    score.add_argument("--outputs", default="mean,variance", help="comma-separated statistics (see keras_dropout.beam.STATISTICS)")
+    score.add_argument("--interval_level", type=float, default=0.95, help="level of interval_lower/interval_upper")
+    score.add_argument("--key_column", default=None, help="column with each example's key; default: its position")
+    score.add_argument("--feature_columns", default=None, help="comma-separated columns feeding a one-input model, in order")
+    score.add_argument("--input_format", choices=("tfrecord", "parquet", "csv"), default=None, help="default: from the extension")
+    score.add_argument("--output_format", choices=("parquet", "jsonl"), default=None, help="default: from the extension")
+    score.add_argument("--num_shards", type=int, default=0, help="output shards; 0: the runner decides")
+    score.add_argument("--min_batch_size", type=int, default=None, help="examples per predict_mc call, at least")
+    score.add_argument("--max_batch_size", type=int, default=None, help="examples per predict_mc call, at most")
+    score.set_defaults(run=_score)
     return parser
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if args.command == "score":
+        # Beam's own flags (runner, project, workers...) go to its PipelineOptions.
+        return args.run(args, unknown)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command == "predict" and not (args.rest_url or args.grpc_target):
         print("predict needs --rest_url or --grpc_target", file=sys.stderr)
         return 2

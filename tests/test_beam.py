@@ -1,0 +1,353 @@
+"""Batch scoring on Apache Beam: `keras_dropout.beam.MCModelHandler` and `keras-dropout score`.
+
+Specification: DESIGN.md sections 3 (`row_ids`) and 4b. Real pipelines on Beam's DirectRunner (in
+process, and with two worker processes), real TFRecord / Parquet / CSV files; the reference is
+`kd.predict_mc` with the keys as `row_ids` and the same seed. Masks depend only on (seed, key,
+sample), so results agree whatever batches Beam forms; the tolerance allows float rounding
+across batch sizes (matmul blocking), far below what another mask changes.
+"""
+
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+beam = pytest.importorskip("apache_beam")
+
+import keras_dropout as kd  # noqa: E402
+from apache_beam.ml.inference.base import RunInference  # noqa: E402
+from keras_dropout.beam import MCModelHandler  # noqa: E402
+from keras_dropout.beam import score  # noqa: E402
+from keras_dropout.beam.handler import row_id  # noqa: E402
+
+pytestmark = pytest.mark.tf_only
+
+ROWS = 3000
+SEED = 11
+RTOL, ATOL = 1e-5, 1e-6
+TWO_WORKERS = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+CLASSIFIER_STATISTICS = ("mean", "variance", "predictive_entropy", "mutual_information")
+
+
+def _classifier():
+    inputs = keras.Input((6,), name="features")
+    hidden = keras.layers.Dense(32, activation="relu")(inputs)
+    hidden = keras.layers.Dropout(0.3)(hidden)
+    outputs = keras.layers.Dense(3, activation="softmax")(hidden)
+    return keras.Model(inputs, outputs)
+
+
+def _image_regressor():
+    model = keras.Sequential(
+        [
+            keras.Input((4, 4, 1)),
+            keras.layers.Conv2D(4, 3, activation="relu"),
+            kd.layers.MCSpatialDropout2D(0.2),
+            keras.layers.Flatten(),
+            keras.layers.Dense(2),
+        ]
+    )
+    return model
+
+
+def _two_input_regressor():
+    a = keras.Input((3,), name="a")
+    b = keras.Input((2,), name="b")
+    hidden = keras.layers.Concatenate()([keras.layers.Dense(8)(a), b])
+    hidden = kd.layers.MCDropout(0.25)(hidden)
+    return keras.Model({"a": a, "b": b}, keras.layers.Dense(1)(hidden))
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """`{name: (model, path)}` of the test models, saved as .keras files."""
+    directory = tmp_path_factory.mktemp("models")
+    keras.utils.set_random_seed(0)
+    models = {"classifier": _classifier(), "image": _image_regressor(), "two_inputs": _two_input_regressor()}
+    out = {}
+    for name, model in models.items():
+        path = str(directory / f"{name}.keras")
+        model.save(path)
+        out[name] = (model, path)
+    return out
+
+
+def _close(actual, expected):
+    np.testing.assert_allclose(np.asarray(actual, np.float64), np.asarray(expected, np.float64), rtol=RTOL, atol=ATOL)
+
+
+def _json_rows(pattern):
+    rows = [json.loads(line) for path in sorted(glob.glob(pattern)) for line in open(path)]
+    assert rows, f"nothing written to {pattern}"
+    return rows
+
+
+# --- MCModelHandler in RunInference ------------------------------------------
+
+
+def _run_handler(handler, elements, output_dir, pipeline_args=()):
+    """Runs `elements | RunInference(handler)`, returns `{key: (inference, worker pid)}`."""
+    options = beam.options.pipeline_options.PipelineOptions(
+        ["--runner=DirectRunner", "--default_sdk_harness_log_level=WARNING", *pipeline_args]
+    )
+    prefix = os.path.join(output_dir, "results")
+    with beam.Pipeline(options=options) as pipeline:
+        _ = (
+            pipeline
+            | beam.Create(elements)
+            | beam.Reshuffle()
+            | RunInference(handler)
+            | beam.Map(
+                lambda kv: json.dumps(
+                    {
+                        "key": kv[0],
+                        "pid": os.getpid(),
+                        "inference": {name: value.tolist() for name, value in kv[1].inference.items()},
+                    }
+                )
+            )
+            | beam.io.WriteToText(prefix)
+        )
+    return {row["key"]: (row["inference"], row["pid"]) for row in _json_rows(prefix + "*")}
+
+
+def test_two_worker_processes_over_shuffled_keys_equal_predict_mc_with_those_row_ids(saved, tmp_path):
+    model, path = saved["classifier"]
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(ROWS, 6)).astype("float32")
+    keys = rng.choice(10**12, size=ROWS, replace=False)
+    order = rng.permutation(ROWS)  # elements arrive shuffled, not in key or row order
+    elements = [(int(keys[i]), x[i]) for i in order]
+    handler = MCModelHandler(path, num_samples=16, seed=SEED, outputs=CLASSIFIER_STATISTICS)
+
+    results = _run_handler(handler, elements, str(tmp_path), TWO_WORKERS)
+
+    assert sorted(results) == sorted(int(k) for k in keys)
+    assert os.getpid() not in {pid for _, pid in results.values()}, "scored in the test process, not in workers"
+    expected = kd.predict_mc(model, x, 16, seed=SEED, row_ids=keys)
+    for name in CLASSIFIER_STATISTICS:
+        got = np.array([results[int(key)][0][name] for key in keys])
+        _close(got, getattr(expected, name))
+    # Row ids matter: the default ids (row positions) give other samples.
+    positional = kd.predict_mc(model, x, 16, seed=SEED)
+    assert np.abs(positional.mean - expected.mean).max() > 1e-3
+
+
+def test_string_keys_are_hashed_to_stable_row_ids(saved, tmp_path):
+    model, path = saved["two_inputs"]
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(40, 3)).astype("float32")
+    b = rng.normal(size=(40, 2)).astype("float32")
+    keys = [f"user-{i}" for i in range(40)]
+    elements = [(key, {"a": a[i], "b": b[i]}) for i, key in enumerate(keys)]
+    handler = MCModelHandler(path, num_samples=8, seed=3, outputs=("mean", "stddev", "interval_upper"))
+
+    results = _run_handler(handler, elements, str(tmp_path))
+
+    expected = kd.predict_mc(model, {"a": a, "b": b}, 8, seed=3, row_ids=[row_id(k) for k in keys])
+    _close([results[k][0]["mean"] for k in keys], expected.mean)
+    _close([results[k][0]["stddev"] for k in keys], expected.stddev)
+    _close([results[k][0]["interval_upper"] for k in keys], expected.interval(0.95)[1])
+    assert row_id("user-1") == row_id(b"user-1") != row_id("user-2")
+
+
+def test_a_model_shared_across_processes_gives_the_same_results(saved, tmp_path):
+    model, path = saved["classifier"]
+    x = np.random.default_rng(2).normal(size=(64, 6)).astype("float32")
+    elements = [(i, x[i]) for i in range(64)]
+    handler = MCModelHandler(path, num_samples=8, seed=5, large_model=True)
+    assert handler.share_model_across_processes()
+
+    results = _run_handler(handler, elements, str(tmp_path))
+
+    expected = kd.predict_mc(model, x, 8, seed=5)
+    _close([results[i][0]["mean"] for i in range(64)], expected.mean)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"num_samples": 0}, "num_samples"),
+        ({"num_samples": 10**9}, "num_samples"),
+        ({"seed": 2**64}, "seed"),
+        ({"seed": 1.5}, "seed"),
+        ({"outputs": ("mean", "median")}, "outputs"),
+        ({"outputs": ()}, "outputs"),
+        ({"task": "ranking"}, "task"),
+        ({"interval_level": 1.0}, "interval_level"),
+        ({"min_batch_size": 0}, "min_batch_size"),
+        ({"min_batch_size": 64, "max_batch_size": 8}, "max_batch_size"),
+        ({"jit_compile": "yes"}, "jit_compile"),
+    ],
+)
+def test_invalid_handler_settings_raise_naming_the_argument(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MCModelHandler("model.keras", **kwargs)
+
+
+@pytest.mark.parametrize(
+    "elements, message",
+    [
+        ([(0.5, np.zeros(6, "float32"))], "not an int, str or bytes"),
+        ([(1, np.zeros(6, "float32")), (2, np.zeros(5, "float32"))], "Example 2 has shape"),
+        ([(1, np.array([0, 0, np.nan, 0, 0, 0], "float32"))], "Example 1 contains NaN"),
+        ([(2**63, np.zeros(6, "float32"))], r"outside \[-2\*\*63"),
+    ],
+)
+def test_bad_elements_fail_with_an_error_naming_the_element(saved, elements, message):
+    _, path = saved["classifier"]
+    handler = MCModelHandler(path, num_samples=4)
+    scorer = handler.load_model()
+    with pytest.raises(ValueError, match=message):
+        handler.run_inference(elements, scorer)
+    # The loaded model keeps serving good elements.
+    [(key, result)] = handler.run_inference([(3, np.zeros(6, "float32"))], scorer)
+    assert key == 3 and result.inference["mean"].shape == (3,)
+
+
+def test_a_missing_model_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="No model file"):
+        MCModelHandler(str(tmp_path / "absent.keras")).load_model()
+
+
+def test_classification_statistics_of_a_regressor_are_refused(saved):
+    _, path = saved["image"]
+    handler = MCModelHandler(path, num_samples=4, outputs=("mean", "mutual_information"))
+    with pytest.raises(ValueError, match="classification measure"):
+        handler.run_inference([(0, np.zeros((4, 4, 1), "float32"))], handler.load_model())
+
+
+# --- keras-dropout score ------------------------------------------------------
+
+
+def _write_tfrecord(path, images):
+    import tensorflow as tf
+
+    with tf.io.TFRecordWriter(path) as writer:
+        for image in images:
+            feature = tf.train.Feature(float_list=tf.train.FloatList(value=image.ravel()))
+            example = tf.train.Example(features=tf.train.Features(feature={"pixels": feature}))
+            writer.write(example.SerializeToString())
+
+
+def _cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "keras_dropout.cli", "score", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+
+
+def test_score_cli_on_a_tfrecord_file_keys_examples_by_position(saved, tmp_path):
+    model, path = saved["image"]
+    images = np.random.default_rng(3).normal(size=(ROWS, 4, 4, 1)).astype("float32")
+    data = str(tmp_path / "images.tfrecord")
+    _write_tfrecord(data, images)
+    output = str(tmp_path / "out" / "scores.jsonl")
+
+    process = _cli(path, data, output, "--num_samples=12", "--seed=7", "--outputs=mean,variance,interval_lower")
+
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert f"{ROWS} rows scored" in process.stderr
+    assert json.loads(process.stdout.strip().splitlines()[-1])["rows"] == ROWS
+    rows = sorted(_json_rows(str(tmp_path / "out" / "scores-*.jsonl")), key=lambda row: row["key"])
+    assert [row["key"] for row in rows] == list(range(ROWS))
+    expected = kd.predict_mc(model, images, 12, seed=7)  # row ids: positions
+    _close([row["mean"] for row in rows], expected.mean)
+    _close([row["variance"] for row in rows], expected.variance)
+    _close([row["interval_lower"] for row in rows], expected.interval(0.95)[0])
+    assert not glob.glob(str(tmp_path / "out" / "scores-errors-*"))
+
+
+def test_score_on_a_parquet_file_with_a_key_column_and_named_inputs(saved, tmp_path):
+    import pyarrow
+    import pyarrow.parquet
+
+    model, path = saved["two_inputs"]
+    rng = np.random.default_rng(4)
+    a = rng.normal(size=(ROWS, 3)).astype("float32")
+    b = rng.normal(size=(ROWS, 2)).astype("float32")
+    keys = rng.choice(10**9, size=ROWS, replace=False)
+    table = pyarrow.table({"id": keys, "a": list(a), "b": list(b)})
+    data = str(tmp_path / "rows.parquet")
+    pyarrow.parquet.write_table(table, data, row_group_size=700)  # several splits for Beam's reader
+    output = str(tmp_path / "out" / "scores.parquet")
+
+    summary = score(path, data, output, num_samples=10, seed=9, key_column="id", outputs=("mean", "stddev"))
+
+    assert summary["rows"] == ROWS and summary["errors"] == 0
+    written = pyarrow.parquet.read_table(sorted(glob.glob(str(tmp_path / "out" / "scores-*.parquet"))))
+    assert written.schema.names == ["id", "mean", "stddev"]
+    result = written.to_pydict()
+    position = {key: i for i, key in enumerate(result["id"])}
+    assert sorted(position) == sorted(keys.tolist())
+    order = [position[key] for key in keys.tolist()]
+    expected = kd.predict_mc(model, {"a": a, "b": b}, 10, seed=9, row_ids=keys)
+    _close(np.array(result["mean"])[order], expected.mean)
+    _close(np.array(result["stddev"])[order], expected.stddev)
+
+
+def test_score_csv_rejects_bad_records_with_reasons_and_scores_the_rest(saved, tmp_path):
+    model, path = saved["classifier"]
+    x = np.random.default_rng(5).normal(size=(50, 6)).astype("float32")
+    lines = ["id," + ",".join(f"f{i}" for i in range(6))]
+    for i, row in enumerate(x):
+        cells = [f"{value:.7g}" for value in row]
+        if i == 7:
+            cells[2] = ""  # missing value
+        if i == 9:
+            cells[3] = "n/a"  # not a number
+        lines.append(f"{100 + i}," + ",".join(cells))
+    data = tmp_path / "rows.csv"
+    data.write_text("\n".join(lines) + "\n")
+    output = str(tmp_path / "out" / "scores.jsonl")
+
+    process = _cli(path, str(data), output, "--key_column=id", "--num_samples=6", "--seed=1")
+
+    assert process.returncode == 1, process.stderr[-3000:]  # some records were not scored
+    assert "2 rejected" in process.stderr
+    errors = {row["key"]: row["error"] for row in _json_rows(str(tmp_path / "out" / "scores-errors-*.jsonl"))}
+    assert set(errors) == {107, 109}
+    assert "f2" in errors[107] and "'n/a'" in errors[109]
+    rows = {row["id"]: row for row in _json_rows(str(tmp_path / "out" / "scores-0*.jsonl"))}
+    good = [i for i in range(50) if i not in (7, 9)]
+    assert sorted(rows) == [100 + i for i in good]
+    expected = kd.predict_mc(model, x[good], 6, seed=1, row_ids=[100 + i for i in good])
+    _close([rows[100 + i]["mean"] for i in good], expected.mean)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["data.txt", "out.jsonl"], "--input_format"),
+        (["{data}", "out.txt"], "output format"),
+        (["{missing}", "out.jsonl"], "No input file matches"),
+        (["{data}", "out.jsonl", "--num_samples=0"], "num_samples"),
+        (["{data}", "out.jsonl", "--outputs=mean,mode"], "outputs"),
+        (["{data}", "out.jsonl", "--key_column=nope"], "no key column 'nope'"),
+        (["{data}", "out.jsonl", "--feature_columns=x,y"], r"Feature columns \['x', 'y'\]"),
+    ],
+)
+def test_score_refuses_bad_arguments_before_running_a_pipeline(saved, tmp_path, capsys, args, message):
+    from keras_dropout.cli import main
+
+    _, path = saved["classifier"]
+    data = tmp_path / "rows.csv"
+    data.write_text("f0,f1,f2,f3,f4,f5\n0,1,2,3,4,5\n")
+    (tmp_path / "data.txt").write_text("0,1,2,3,4,5\n")
+    args = [arg.format(data=data, missing=tmp_path / "none-*.csv") for arg in args]
+    args = [arg if arg.startswith(("-", "/")) else str(tmp_path / arg) for arg in args]
+
+    code = main(["score", path, *args])
+
+    assert code == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not glob.glob(str(tmp_path / "out*"))
