@@ -264,7 +264,7 @@ def test_score_cli_on_a_tfrecord_file_keys_examples_by_position(saved, tmp_path)
     _close([row["mean"] for row in rows], expected.mean)
     _close([row["variance"] for row in rows], expected.variance)
     _close([row["interval_lower"] for row in rows], expected.interval(0.95)[0])
-    assert not glob.glob(str(tmp_path / "out" / "scores-errors-*"))
+    assert not glob.glob(str(tmp_path / "out" / "scores_rejected-*"))
 
 
 def test_score_on_a_parquet_file_with_a_key_column_and_named_inputs(saved, tmp_path):
@@ -314,7 +314,7 @@ def test_score_csv_rejects_bad_records_with_reasons_and_scores_the_rest(saved, t
 
     assert process.returncode == 1, process.stderr[-3000:]  # some records were not scored
     assert "2 rejected" in process.stderr
-    errors = {row["key"]: row["error"] for row in _json_rows(str(tmp_path / "out" / "scores-errors-*.jsonl"))}
+    errors = {row["key"]: row["error"] for row in _json_rows(str(tmp_path / "out" / "scores_rejected-*.jsonl"))}
     assert set(errors) == {107, 109}
     assert "f2" in errors[107] and "'n/a'" in errors[109]
     rows = {row["id"]: row for row in _json_rows(str(tmp_path / "out" / "scores-0*.jsonl"))}

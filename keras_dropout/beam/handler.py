@@ -23,6 +23,7 @@ STATISTICS = (
     "mutual_information",
     "variation_ratio",
 )
+BEAM_MAX_BATCH_SIZE = 10000  # BatchElements' default
 
 
 class MCModelHandler(ModelHandler):
@@ -58,7 +59,10 @@ class MCModelHandler(ModelHandler):
         jit_compile: as in `predict_mc` ("auto", True or False).
         chunk_size: as in `predict_mc`: (row, sample) pairs per model call.
         min_batch_size, max_batch_size, max_batch_duration_secs: Beam's
-            batching of elements into one `predict_mc` call.
+            batching of elements into one `predict_mc` call. `min_batch_size`
+            defaults to the rows of one model call (`chunk_size //
+            num_samples`): every batch is padded to whole calls, so smaller
+            batches cost as much; `max_batch_size` to Beam's 10000.
         large_model, model_copies: Beam's sharing of the loaded model across
             the processes of a worker machine.
 
@@ -132,6 +136,8 @@ class MCModelHandler(ModelHandler):
                 "Invalid value received for argument `jit_compile`. Expected "
                 f"True, False or 'auto'. Received: jit_compile={jit_compile!r}"
             )
+        num_samples = mc._validate_num_samples(num_samples)
+        chunk_size = mc._validate_positive_int(chunk_size, "chunk_size")
         for name, value in (("min_batch_size", min_batch_size), ("max_batch_size", max_batch_size)):
             if value is not None:
                 mc._validate_positive_int(value, name)
@@ -140,23 +146,26 @@ class MCModelHandler(ModelHandler):
                 "Invalid value received for arguments `min_batch_size` and "
                 f"`max_batch_size`: {min_batch_size} > {max_batch_size}."
             )
+        if min_batch_size is None:
+            # A batch smaller than one model call costs a whole call (see MCScorer.score).
+            min_batch_size = min(rows_per_call(num_samples, chunk_size), max_batch_size or BEAM_MAX_BATCH_SIZE)
         super().__init__(
             min_batch_size=min_batch_size,
-            max_batch_size=max_batch_size,
+            max_batch_size=max_batch_size or max(min_batch_size, BEAM_MAX_BATCH_SIZE),
             max_batch_duration_secs=max_batch_duration_secs,
             large_model=large_model,
             model_copies=model_copies,
         )
         self._model_uri = str(model_uri)
         self._settings = dict(
-            num_samples=mc._validate_num_samples(num_samples),
+            num_samples=num_samples,
             seed=mc._validate_seed(seed),
             task=task,
             from_logits=bool(from_logits),
             outputs=outputs,
             interval_level=float(interval_level),
             jit_compile=jit_compile,
-            chunk_size=mc._validate_positive_int(chunk_size, "chunk_size"),
+            chunk_size=chunk_size,
         )
 
     def load_model(self):
@@ -177,6 +186,11 @@ class MCModelHandler(ModelHandler):
         return "keras_dropout.MCModelHandler"
 
 
+def rows_per_call(num_samples, chunk_size):
+    """The rows of one full `predict_mc` model call (its `chunk_size` memory bound)."""
+    return max(1, chunk_size // min(num_samples, chunk_size))
+
+
 class MCScorer:
     """A loaded model and the settings of one handler: what each worker holds.
 
@@ -194,6 +208,7 @@ class MCScorer:
         self._from_logits = from_logits
         self._outputs = outputs
         self._interval_level = interval_level
+        self._wants_interval = any(name.startswith("interval_") for name in outputs)
         self._jit_compile = jit_compile
         self._chunk_size = chunk_size
 
@@ -203,26 +218,41 @@ class MCScorer:
 
         if not keys:
             return []
+        inputs = stack_examples(keys, examples)
+        row_ids = np.array([row_id(key) for key in keys], np.int64)
+        # Beam's batches come in every size; padded to whole model calls, they all run one
+        # compiled function instead of tracing (and timing) one per power-of-two bucket.
+        padding = -len(keys) % rows_per_call(self._num_samples, self._chunk_size)
+        if padding:
+            inputs = _repeat_last_row(inputs, padding)
+            row_ids = _repeat_last_row(row_ids, padding)
         result = predict_mc(
             self.model,
-            stack_examples(keys, examples),
+            inputs,
             self._num_samples,
             seed=self._seed,
             task=self._task,
             from_logits=self._from_logits,
-            interval_levels=(self._interval_level,),
+            # Quantiles sort every sample: computed only when asked for (half a small call's cost).
+            interval_levels=(self._interval_level,) if self._wants_interval else (),
             jit_compile=self._jit_compile,
             verbose=0,
             chunk_size=self._chunk_size,
-            row_ids=np.array([row_id(key) for key in keys], np.int64),
+            row_ids=row_ids,
         )
         predictions = result if isinstance(result, dict) else {None: result}
         columns = {}
         for output, prediction in predictions.items():
             for statistic in self._outputs:
                 name = statistic if output is None else f"{output}_{statistic}"
-                columns[name] = _statistic(prediction, statistic, self._interval_level)
+                columns[name] = _statistic(prediction, statistic, self._interval_level)[: len(keys)]
         return [{name: column[row] for name, column in columns.items()} for row in range(len(keys))]
+
+
+def _repeat_last_row(arrays, count):
+    if isinstance(arrays, dict):
+        return {name: _repeat_last_row(array, count) for name, array in arrays.items()}
+    return np.concatenate([arrays, np.repeat(arrays[-1:], count, axis=0)])
 
 
 def _statistic(prediction, name, interval_level):

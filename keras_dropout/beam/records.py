@@ -189,8 +189,7 @@ class FeaturePlan:
             values = [_text(value) for column in columns for value in _cells(record, column)]
             array = np.array(values, dtype=object)
         else:
-            values = [_number(value, column) for column in columns for value in _cells(record, column)]
-            array = np.array(values, dtype=np.float64)
+            array = _numbers(record, columns)
             if np.isnan(array).any():
                 missing = [c for c in columns if any(_is_missing(v) for v in _cells(record, c))]
                 raise ValueError(f"Missing or NaN value in column(s) {missing}: impute or drop the record first.")
@@ -239,6 +238,17 @@ def _cells(record, column):
     if isinstance(value, (list, tuple, np.ndarray)):
         return list(np.ravel(np.asarray(value, dtype=object)))
     return [value]
+
+
+def _numbers(record, columns):
+    """The columns' values as one float64 vector (None and NaN as NaN)."""
+    try:  # one NumPy conversion per column: the common case, numbers or numeric strings
+        return np.concatenate([np.asarray(record[column], dtype=np.float64).ravel() for column in columns])
+    except (KeyError, TypeError, ValueError):
+        # Slow, value by value, to name the column and value at fault.
+        return np.array(
+            [_number(value, column) for column in columns for value in _cells(record, column)], dtype=np.float64
+        )
 
 
 def _is_missing(value):

@@ -21,8 +21,6 @@ from apache_beam.options.pipeline_options import StandardOptions
 
 from keras_dropout.beam import records
 from keras_dropout.beam.handler import MCModelHandler
-from keras_dropout.beam.handler import MCScorer
-from keras_dropout.beam.handler import load_keras_model
 from keras_dropout.beam.handler import row_id
 
 OUTPUT_FORMATS = ("parquet", "jsonl")
@@ -59,7 +57,7 @@ def score(
             or CSV files (with a header row).
         output_path: e.g. `scores.parquet` or `scores.jsonl`: written as
             Beam shards `scores-00000-of-00002.parquet`, ...; records that
-            cannot be scored go to `scores-errors-*.jsonl` with the reason.
+            cannot be scored go to `scores_rejected-*.jsonl` with the reason.
         num_samples, seed, task, from_logits, outputs, interval_level: as in
             `MCModelHandler`.
         key_column: column holding each example's key (int or string). Without
@@ -96,14 +94,15 @@ def score(
     )
     # The launcher loads the model and scores the first example itself, so a wrong
     # file, column or setting fails here, at once, not on a cluster's workers.
-    model = load_keras_model(model_path)
+    scorer = handler.load_model()
     first, header = _first_record(paths, fmt)
     columns = [column for column in (header or list(first)) if column != key_column]
-    plan = records.FeaturePlan.for_model(model, columns, feature_columns=feature_columns, ordered=fmt != "tfrecord")
+    plan = records.FeaturePlan.for_model(
+        scorer.model, columns, feature_columns=feature_columns, ordered=fmt != "tfrecord"
+    )
     key_name = key_column or "key"
     first_key = records.record_key(dict(first), key_column) if key_column else 0
-    probe = MCScorer(model, **{**handler._settings, "num_samples": 2})
-    statistics = probe.score([first_key], [plan({k: v for k, v in first.items() if k != key_column})])[0]
+    statistics = scorer.score([first_key], [plan({k: v for k, v in first.items() if k != key_column})])[0]
     if key_name in statistics:
         raise ValueError(f"Key column {key_name!r} has the name of an output statistic: rename it.")
 
@@ -124,8 +123,10 @@ def score(
     examples = raw | "ToExamples" >> beam.ParDo(to_example).with_outputs("errors", main="examples")
     rows = (
         examples.examples
-        | "SpreadExamples" >> beam.Reshuffle()
-        | "MCDropout" >> RunInference(handler)
+        # Batches, not examples, are spread across workers: a reshuffle costs per element.
+        | "Batch" >> beam.BatchElements(**handler.batch_elements_kwargs())
+        | "SpreadBatches" >> beam.Reshuffle()
+        | "MCDropout" >> RunInference(handler.with_no_batching())
         | "ToRows" >> beam.ParDo(_ToRow(key_name))
     )
     if output_format == "parquet":
@@ -136,8 +137,10 @@ def score(
         rows | "Write" >> beam.io.WriteToText(
             prefix, file_name_suffix=suffix, num_shards=num_shards, coder=_JsonCoder()
         )
+    # Not "{prefix}-errors": a sink's finalize deletes files matching its own shard glob
+    # ("{prefix}-*-of-N"), which would take the other sink's shards with it.
     examples.errors | "WriteErrors" >> beam.io.WriteToText(
-        f"{prefix}-errors", file_name_suffix=".jsonl", coder=_JsonCoder(), skip_if_empty=True
+        f"{prefix}_rejected", file_name_suffix=".jsonl", coder=_JsonCoder(), skip_if_empty=True
     )
 
     print(
@@ -153,7 +156,7 @@ def score(
         "errors": _counter(result, "records_rejected"),
         "seconds": seconds,
         "output": f"{prefix}-*{suffix}",
-        "errors_output": f"{prefix}-errors-*.jsonl",
+        "errors_output": f"{prefix}_rejected-*.jsonl",
     }
     print(
         f"score: {summary['rows']} rows scored in {seconds:.1f} s "
