@@ -94,6 +94,7 @@ def _score(args, pipeline_args):
             from_logits=args.from_logits,
             outputs=args.outputs.split(","),
             interval_level=args.interval_level,
+            jit_compile={"auto": "auto", "xla": True, "graph": False}[args.jit_compile],
             key_column=args.key_column,
             feature_columns=args.feature_columns.split(",") if args.feature_columns else None,
             input_format=args.input_format,
@@ -103,9 +104,12 @@ def _score(args, pipeline_args):
             max_batch_size=args.max_batch_size,
             pipeline_args=pipeline_args,
         )
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except RuntimeError as error:  # the pipeline ran and failed
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     print(json.dumps(summary))
     # Records that could not be scored are written with their reasons; a batch job
     # that silently dropped some must not look like a success.
@@ -177,7 +181,7 @@ def build_parser():
         help="MC-dropout statistics for every example of TFRecord/Parquet/CSV files, on Apache Beam",
         description="Scores every example of INPUT with MC dropout on Apache Beam (DirectRunner by default) and "
         "writes one record of statistics per example to OUTPUT (.parquet or .jsonl, as Beam shards). Flags not "
-        "listed here are Beam pipeline options, e.g. --runner=DataflowRunner --project=... or "
+        "listed here are Beam pipeline options, written --flag=value, e.g. --runner=DataflowRunner --project=... or "
         "--direct_num_workers=4 --direct_running_mode=multi_processing. Needs the `beam` extra.",
     )
     score.add_argument("model", help="a .keras file (local or any filesystem Beam reads)")
@@ -189,6 +193,13 @@ def build_parser():
     score.add_argument("--from_logits", action="store_true")
     score.add_argument("--outputs", default="mean,variance", help="comma-separated statistics (see keras_dropout.beam.STATISTICS)")
     score.add_argument("--interval_level", type=float, default=0.95, help="level of interval_lower/interval_upper")
+    score.add_argument(
+        "--jit_compile",
+        choices=("auto", "xla", "graph"),
+        default="auto",
+        help="predict_mc's jit_compile; 'auto' lets each worker time XLA against the graph "
+        "(results agree to float rounding), xla/graph give bitwise-equal results everywhere",
+    )
     score.add_argument("--key_column", default=None, help="column with each example's key; default: its position")
     score.add_argument("--feature_columns", default=None, help="comma-separated columns feeding a one-input model, in order")
     score.add_argument("--input_format", choices=("tfrecord", "parquet", "csv"), default=None, help="default: from the extension")

@@ -214,7 +214,7 @@ def predict_mc(
     path = _execution_path(jit_compile, model)
 
     samples_per_call = min(num_samples, chunk_size)
-    rows_per_call = max(1, chunk_size // samples_per_call)
+    rows_per_call = full_call_rows(num_samples, chunk_size)
     if batch_size is not None:
         rows_per_call = min(rows_per_call, batch_size)
     largest_batch = max(_num_rows(b) for b in batches)
@@ -371,6 +371,11 @@ def _validate_seed(seed, name="seed"):
             f"NumPy integer in [-2**63, 2**63). Received: {name}={seed!r}"
         )
     return int(seed)
+
+
+def full_call_rows(num_samples, chunk_size):
+    """The rows of one full model call of `predict_mc`: its `chunk_size` memory bound."""
+    return max(1, chunk_size // min(num_samples, chunk_size))
 
 
 def _seed_words(seed):

@@ -114,7 +114,9 @@ def _run_handler(handler, elements, output_dir, pipeline_args=()):
             )
             | beam.io.WriteToText(prefix)
         )
-    return {row["key"]: (row["inference"], row["pid"]) for row in _json_rows(prefix + "*")}
+    rows = _json_rows(prefix + "*")
+    assert len(rows) == len(elements), "an element was lost or scored twice"
+    return {row["key"]: (row["inference"], row["pid"]) for row in rows}
 
 
 def test_two_worker_processes_over_shuffled_keys_equal_predict_mc_with_those_row_ids(saved, tmp_path):
@@ -129,7 +131,8 @@ def test_two_worker_processes_over_shuffled_keys_equal_predict_mc_with_those_row
     results = _run_handler(handler, elements, str(tmp_path), TWO_WORKERS)
 
     assert sorted(results) == sorted(int(k) for k in keys)
-    assert os.getpid() not in {pid for _, pid in results.values()}, "scored in the test process, not in workers"
+    worker_pids = {pid for _, pid in results.values()}
+    assert len(worker_pids) == 2 and os.getpid() not in worker_pids  # (Create splits its elements in two)
     expected = kd.predict_mc(model, x, 16, seed=SEED, row_ids=keys)
     for name in CLASSIFIER_STATISTICS:
         got = np.array([results[int(key)][0][name] for key in keys])
@@ -157,7 +160,33 @@ def test_string_keys_are_hashed_to_stable_row_ids(saved, tmp_path):
     assert row_id("user-1") == row_id(b"user-1") != row_id("user-2")
 
 
-def test_a_model_shared_across_processes_gives_the_same_results(saved, tmp_path):
+def test_a_multi_output_model_with_a_string_input_gets_prefixed_statistics(tmp_path):
+    text = keras.Input((1,), dtype="string", name="text")
+    lookup = keras.layers.StringLookup(vocabulary=["red", "green", "blue"], output_mode="one_hot")
+    hidden = keras.layers.Dense(8, activation="relu")(keras.layers.Flatten()(lookup(text)))
+    hidden = keras.layers.Dropout(0.4)(hidden)
+    model = keras.Model(
+        text,
+        {
+            "colour": keras.layers.Dense(3, activation="softmax", name="colour")(hidden),
+            "size": keras.layers.Dense(1, name="size")(hidden),
+        },
+    )
+    path = str(tmp_path / "multi.keras")
+    model.save(path)
+    words = np.array([["red"], ["blue"], ["green"], ["mauve"]], dtype=object)
+    handler = MCModelHandler(path, num_samples=12, seed=2, outputs=("mean", "variance"))
+
+    results = _run_handler(handler, [(i, words[i]) for i in range(4)], str(tmp_path))
+
+    expected = kd.predict_mc(model, words, 12, seed=2)
+    assert set(results[0][0]) == {"colour_mean", "colour_variance", "size_mean", "size_variance"}
+    for output in ("colour", "size"):
+        _close([results[i][0][f"{output}_mean"] for i in range(4)], expected[output].mean)
+        _close([results[i][0][f"{output}_variance"] for i in range(4)], expected[output].variance)
+
+
+def test_large_model_sharing_gives_the_same_results(saved, tmp_path):
     model, path = saved["classifier"]
     x = np.random.default_rng(2).normal(size=(64, 6)).astype("float32")
     elements = [(i, x[i]) for i in range(64)]
@@ -306,6 +335,8 @@ def test_score_csv_rejects_bad_records_with_reasons_and_scores_the_rest(saved, t
         if i == 9:
             cells[3] = "n/a"  # not a number
         lines.append(f"{100 + i}," + ",".join(cells))
+    lines.insert(20, "")  # a blank line: no record
+    lines.insert(30, "999,1,2")  # too few fields
     data = tmp_path / "rows.csv"
     data.write_text("\n".join(lines) + "\n")
     output = str(tmp_path / "out" / "scores.jsonl")
@@ -313,10 +344,11 @@ def test_score_csv_rejects_bad_records_with_reasons_and_scores_the_rest(saved, t
     process = _cli(path, str(data), output, "--key_column=id", "--num_samples=6", "--seed=1")
 
     assert process.returncode == 1, process.stderr[-3000:]  # some records were not scored
-    assert "2 rejected" in process.stderr
-    errors = {row["key"]: row["error"] for row in _json_rows(str(tmp_path / "out" / "scores_rejected-*.jsonl"))}
-    assert set(errors) == {107, 109}
-    assert "f2" in errors[107] and "'n/a'" in errors[109]
+    assert "3 rejected" in process.stderr
+    rejected = _json_rows(str(tmp_path / "out" / "scores_rejected-*.jsonl"))
+    errors = {row["key"]: row["error"] for row in rejected}
+    assert len(rejected) == 3 and set(errors) == {107, 109, None}
+    assert "f2" in errors[107] and "'n/a'" in errors[109] and "3 fields" in errors[None]
     rows = {row["id"]: row for row in _json_rows(str(tmp_path / "out" / "scores-0*.jsonl"))}
     good = [i for i in range(50) if i not in (7, 9)]
     assert sorted(rows) == [100 + i for i in good]
@@ -324,10 +356,90 @@ def test_score_csv_rejects_bad_records_with_reasons_and_scores_the_rest(saved, t
     _close([rows[100 + i]["mean"] for i in good], expected.mean)
 
 
+def test_score_gzipped_csv_by_position_rejects_bad_rows_without_failing(saved, tmp_path):
+    import gzip
+
+    model, path = saved["classifier"]
+    x = np.random.default_rng(6).normal(size=(30, 6)).astype("float32")
+    lines = [",".join(f"f{i}" for i in range(6))] + [",".join(f"{v:.7g}" for v in row) for row in x]
+    lines[5] = "1,2,3"  # row 4 (position 4): too few fields
+    lines.insert(10, "")  # blank lines are not records and take no position
+    data = tmp_path / "rows.csv.gz"
+    data.write_bytes(gzip.compress(("\ufeff" + "\n".join(lines) + "\n").encode("utf-8")))  # with a BOM
+
+    summary = score(path, str(data), str(tmp_path / "out" / "scores.jsonl"), num_samples=5, seed=4)
+
+    assert (summary["rows"], summary["errors"]) == (29, 1)
+    [rejected] = _json_rows(summary["errors_output"])
+    assert rejected["key"] == 4 and "3 fields" in rejected["error"]
+    rows = {row["key"]: row["mean"] for row in _json_rows(summary["output"])}
+    positions = [i for i in range(30) if i != 4]
+    assert sorted(rows) == positions
+    expected = kd.predict_mc(model, x[positions], 5, seed=4, row_ids=positions)
+    _close([rows[i] for i in positions], expected.mean)
+
+
+def test_score_tfrecord_with_an_integer_key_feature(saved, tmp_path):
+    import tensorflow as tf
+
+    model, path = saved["classifier"]
+    x = np.random.default_rng(7).normal(size=(200, 6)).astype("float32")
+    keys = np.random.default_rng(8).choice(2**62, size=200, replace=False)
+    data = str(tmp_path / "rows.tfrecord")
+    with tf.io.TFRecordWriter(data) as writer:
+        for key, row in zip(keys, x):
+            features = {
+                "features": tf.train.Feature(float_list=tf.train.FloatList(value=row)),
+                "id": tf.train.Feature(int64_list=tf.train.Int64List(value=[key])),
+            }
+            writer.write(tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString())
+
+    summary = score(path, data, str(tmp_path / "scores.parquet"), num_samples=7, seed=5, key_column="id")
+
+    import pyarrow.parquet
+
+    written = pyarrow.parquet.read_table(glob.glob(summary["output"])).to_pydict()
+    assert sorted(written["id"]) == sorted(keys.tolist())  # 62-bit keys, exact
+    order = {key: i for i, key in enumerate(written["id"])}
+    expected = kd.predict_mc(model, x, 7, seed=5, row_ids=keys)
+    _close(np.array(written["mean"])[[order[k] for k in keys.tolist()]], expected.mean)
+
+
+def test_score_csv_text_keys_stay_text_and_are_hashed(saved, tmp_path):
+    model, path = saved["classifier"]
+    x = np.random.default_rng(9).normal(size=(4, 6)).astype("float32")
+    keys = ["a1", "007", "7", "b-2"]
+    lines = ["name," + ",".join(f"f{i}" for i in range(6))]
+    lines += [f"{key}," + ",".join(f"{v:.7g}" for v in row) for key, row in zip(keys, x)]
+    data = tmp_path / "rows.csv"
+    data.write_text("\n".join(lines) + "\n")
+
+    summary = score(path, str(data), str(tmp_path / "scores.jsonl"), num_samples=6, seed=6, key_column="name")
+
+    rows = {row["name"]: row["mean"] for row in _json_rows(summary["output"])}
+    assert sorted(rows) == sorted(keys)  # "007" and "7" are two keys
+    expected = kd.predict_mc(model, x, 6, seed=6, row_ids=[row_id(key) for key in keys])
+    _close([rows[key] for key in keys], expected.mean)
+
+
+def test_score_refuses_to_mix_with_an_earlier_runs_output(saved, tmp_path):
+    _, path = saved["classifier"]
+    data = tmp_path / "rows.csv"
+    data.write_text("f0,f1,f2,f3,f4,f5\n0,1,2,3,4,5\n")
+    output = str(tmp_path / "scores.jsonl")
+    score(path, str(data), output, num_samples=3)
+    with pytest.raises(FileExistsError, match="exist already"):
+        score(path, str(data), output, num_samples=3)
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
         (["data.txt", "out.jsonl"], "--input_format"),
+        (["{data}", "out.parquet", "--output_format=jsonl"], "ends in .parquet"),
+        (["{data}", "out.jsonl", "--num-samples=3"], r"Unknown option\(s\) \['--num-samples'\]"),
+        (["{data}", "out.jsonl", "--runner", "DirectRunner"], "--flag=value"),
+        (["{directory}", "out.jsonl", "--input_format=csv"], "is a directory"),
         (["{data}", "out.txt"], "output format"),
         (["{missing}", "out.jsonl"], "No input file matches"),
         (["{data}", "out.jsonl", "--num_samples=0"], "num_samples"),
@@ -343,8 +455,8 @@ def test_score_refuses_bad_arguments_before_running_a_pipeline(saved, tmp_path, 
     data = tmp_path / "rows.csv"
     data.write_text("f0,f1,f2,f3,f4,f5\n0,1,2,3,4,5\n")
     (tmp_path / "data.txt").write_text("0,1,2,3,4,5\n")
-    args = [arg.format(data=data, missing=tmp_path / "none-*.csv") for arg in args]
-    args = [arg if arg.startswith(("-", "/")) else str(tmp_path / arg) for arg in args]
+    args = [arg.format(data=data, missing=tmp_path / "none-*.csv", directory=tmp_path) for arg in args]
+    args = [arg if arg.startswith(("-", "/")) or arg == "DirectRunner" else str(tmp_path / arg) for arg in args]
 
     code = main(["score", path, *args])
 

@@ -1,6 +1,6 @@
-"""The CLI answers `--help`, `--version` and bad arguments without TensorFlow or Keras.
+"""The CLI answers `--help`, `--version` and bad arguments without TensorFlow, Keras or Beam.
 
-Each check runs a fresh interpreter in which importing tensorflow, keras or jax fails
+Each check runs a fresh interpreter in which importing tensorflow, keras, jax, apache_beam (and more) fails
 (`sys.modules` entries set to None), so any import on the parsing path is an error, not a
 slowdown to time.
 """
@@ -12,7 +12,7 @@ import pytest
 
 POISON = (
     "import sys\n"
-    "for name in ('tensorflow', 'keras', 'jax', 'tensorflow_serving', 'grpc'):\n"
+    "for name in ('tensorflow', 'keras', 'jax', 'tensorflow_serving', 'grpc', 'apache_beam', 'pyarrow'):\n"
     "    sys.modules[name] = None\n"
     "from keras_dropout.cli import main\n"
     "raise SystemExit(main(sys.argv[1:]))\n"
@@ -27,7 +27,14 @@ def run_without_tensorflow(*argv):
 
 @pytest.mark.parametrize(
     "argv",
-    [["--help"], ["serve", "--help"], ["export", "--help"], ["predict", "--help"], ["check", "--help"]],
+    [
+        ["--help"],
+        ["serve", "--help"],
+        ["export", "--help"],
+        ["predict", "--help"],
+        ["check", "--help"],
+        ["score", "--help"],
+    ],
 )
 def test_help_answers_without_tensorflow(argv):
     result = run_without_tensorflow(*argv)

@@ -148,10 +148,11 @@ class MCModelHandler(ModelHandler):
             )
         if min_batch_size is None:
             # A batch smaller than one model call costs a whole call (see MCScorer.score).
-            min_batch_size = min(rows_per_call(num_samples, chunk_size), max_batch_size or BEAM_MAX_BATCH_SIZE)
+            min_batch_size = min(mc.full_call_rows(num_samples, chunk_size), max_batch_size or BEAM_MAX_BATCH_SIZE)
+        max_batch_size = max_batch_size or max(min_batch_size, BEAM_MAX_BATCH_SIZE)
         super().__init__(
             min_batch_size=min_batch_size,
-            max_batch_size=max_batch_size or max(min_batch_size, BEAM_MAX_BATCH_SIZE),
+            max_batch_size=max_batch_size,
             max_batch_duration_secs=max_batch_duration_secs,
             large_model=large_model,
             model_copies=model_copies,
@@ -166,6 +167,8 @@ class MCModelHandler(ModelHandler):
             interval_level=float(interval_level),
             jit_compile=jit_compile,
             chunk_size=chunk_size,
+            # No batch exceeds max_batch_size rows: padding beyond it would be waste.
+            pad_rows_to=min(mc.full_call_rows(num_samples, chunk_size), max_batch_size),
         )
 
     def load_model(self):
@@ -182,13 +185,15 @@ class MCModelHandler(ModelHandler):
             for key, example, inference in zip(keys, examples, statistics)
         ]
 
+    def get_num_bytes(self, batch):
+        """Bytes of a batch's features (Beam's default pickles the whole batch to count them)."""
+        return sum(
+            sum(np.asarray(a).nbytes for a in features.values()) if isinstance(features, dict) else np.asarray(features).nbytes
+            for _, features in batch
+        )
+
     def get_metrics_namespace(self):
         return "keras_dropout.MCModelHandler"
-
-
-def rows_per_call(num_samples, chunk_size):
-    """The rows of one full `predict_mc` model call (its `chunk_size` memory bound)."""
-    return max(1, chunk_size // min(num_samples, chunk_size))
 
 
 class MCScorer:
@@ -199,7 +204,18 @@ class MCScorer:
     """
 
     def __init__(
-        self, model, *, num_samples, seed, task, from_logits, outputs, interval_level, jit_compile, chunk_size
+        self,
+        model,
+        *,
+        num_samples,
+        seed,
+        task,
+        from_logits,
+        outputs,
+        interval_level,
+        jit_compile,
+        chunk_size,
+        pad_rows_to,
     ):
         self.model = model
         self._num_samples = num_samples
@@ -211,6 +227,7 @@ class MCScorer:
         self._wants_interval = any(name.startswith("interval_") for name in outputs)
         self._jit_compile = jit_compile
         self._chunk_size = chunk_size
+        self._pad_rows_to = pad_rows_to
 
     def score(self, keys, examples):
         """Statistics of each example: a list of `{statistic name: array}`."""
@@ -222,7 +239,7 @@ class MCScorer:
         row_ids = np.array([row_id(key) for key in keys], np.int64)
         # Beam's batches come in every size; padded to whole model calls, they all run one
         # compiled function instead of tracing (and timing) one per power-of-two bucket.
-        padding = -len(keys) % rows_per_call(self._num_samples, self._chunk_size)
+        padding = -len(keys) % self._pad_rows_to
         if padding:
             inputs = _repeat_last_row(inputs, padding)
             row_ids = _repeat_last_row(row_ids, padding)

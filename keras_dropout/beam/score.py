@@ -1,10 +1,11 @@
 """`score`: files of examples in, one record of MC dropout statistics per example out (Beam).
 
 The pipeline behind `keras-dropout score`. Reading is Beam's: with a key column, Beam's own
-sources (`ReadFromTFRecord`, `ReadFromParquet`, `ReadFromText`), which split files across workers;
-without one, each file is read in order (Beam's `FileSystems`) so that an example's key is its
-position, and files are spread across workers. Examples are reshuffled before `RunInference`, so
-scoring is spread across workers however the files are sized.
+sources (`ReadFromParquet` splits files by row group, `ReadFromText` by byte range;
+`ReadFromTFRecord` reads a file whole); without one, each file is read in order (Beam's
+`FileSystems`) so that an example's key is its position, and files are spread across workers.
+Batches of examples are reshuffled before `RunInference`, so scoring is spread across workers
+however the files are sized.
 """
 
 import json
@@ -13,6 +14,7 @@ import sys
 import time
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import RunInference
@@ -40,6 +42,7 @@ def score(
     from_logits=False,
     outputs=("mean", "variance"),
     interval_level=0.95,
+    jit_compile="auto",
     key_column=None,
     feature_columns=None,
     input_format=None,
@@ -58,11 +61,13 @@ def score(
         output_path: e.g. `scores.parquet` or `scores.jsonl`: written as
             Beam shards `scores-00000-of-00002.parquet`, ...; records that
             cannot be scored go to `scores_rejected-*.jsonl` with the reason.
-        num_samples, seed, task, from_logits, outputs, interval_level: as in
-            `MCModelHandler`.
-        key_column: column holding each example's key (int or string). Without
-            it the key is the example's position (row number in a single file;
-            see `records.FILE_KEY_STRIDE` for several).
+        num_samples, seed, task, from_logits, outputs, interval_level,
+            jit_compile: as in `MCModelHandler`.
+        key_column: column holding each example's key (int or string: typed
+            columns keep their type; a CSV column whose first key is an
+            integer holds integers). Without it the key is the example's
+            position (row number in a single file; see
+            `records.FILE_KEY_STRIDE` for several).
         feature_columns: columns feeding a single-input model, in order
             (default: the columns named after the model's inputs, else all
             non-key columns).
@@ -77,9 +82,17 @@ def score(
     Returns:
         A dict: `rows` scored, `errors` (records not scored), `seconds`, and the
         `output` and `errors_output` file patterns.
+
+    Raises:
+        ValueError, FileNotFoundError, FileExistsError: bad arguments, input or
+            output, found before the pipeline starts.
+        RuntimeError: the pipeline failed.
     """
+    options = _pipeline_options(pipeline_args)
     fmt = records.input_format(input_pattern, input_format)
     output_format, prefix, suffix = _output_target(output_path, output_format)
+    errors_prefix = f"{prefix}_rejected"
+    _refuse_existing_output(f"{prefix}-*-of-*{suffix}", f"{errors_prefix}-*.jsonl")
     paths = records.match_files(input_pattern)
     handler = MCModelHandler(
         model_path,
@@ -89,30 +102,32 @@ def score(
         from_logits=from_logits,
         outputs=outputs,
         interval_level=interval_level,
+        jit_compile=jit_compile,
         min_batch_size=min_batch_size,
         max_batch_size=max_batch_size,
     )
     # The launcher loads the model and scores the first example itself, so a wrong
     # file, column or setting fails here, at once, not on a cluster's workers.
     scorer = handler.load_model()
-    first, header = _first_record(paths, fmt)
+    header = _common_csv_header(paths) if fmt == "csv" else None
+    decode = records.RecordDecoder(fmt, header)
+    first = _first_record(paths, fmt, decode)
+    kind = records.key_kind(fmt, first.get(key_column)) if key_column else None
+    first_key = records.record_key(first, key_column, kind) if key_column else 0
     columns = [column for column in (header or list(first)) if column != key_column]
     plan = records.FeaturePlan.for_model(
-        scorer.model, columns, feature_columns=feature_columns, ordered=fmt != "tfrecord"
+        scorer.model, columns, first, feature_columns=feature_columns, ordered=fmt != "tfrecord"
     )
     key_name = key_column or "key"
-    first_key = records.record_key(dict(first), key_column) if key_column else 0
-    statistics = scorer.score([first_key], [plan({k: v for k, v in first.items() if k != key_column})])[0]
+    statistics = scorer.score([first_key], [plan(first)])[0]
     if key_name in statistics:
         raise ValueError(f"Key column {key_name!r} has the name of an output statistic: rename it.")
 
-    options = PipelineOptions(list(pipeline_args or []))
-    if not options.view_as(StandardOptions).runner:
-        options.view_as(StandardOptions).runner = "DirectRunner"
     pipeline = beam.Pipeline(options=options)
-    to_example = _ToExample(plan, key_column, _decoder(fmt, header))
+    to_example = _ToExample(plan, decode, key_column, kind, type(first_key))
     if key_column:
-        raw = pipeline | "Read" >> _source(fmt, input_pattern)
+        used_columns = sorted({key_column, *(column for group in plan.columns for column in group)})
+        raw = pipeline | "Read" >> _source(fmt, input_pattern, used_columns)
     else:
         raw = (
             pipeline
@@ -130,34 +145,37 @@ def score(
         | "ToRows" >> beam.ParDo(_ToRow(key_name))
     )
     if output_format == "parquet":
+        schema = _parquet_schema(key_name, first_key, statistics)
         rows | "Write" >> beam.io.WriteToParquet(
-            prefix, _parquet_schema(key_name, first_key, statistics), file_name_suffix=suffix, num_shards=num_shards
+            prefix, schema, codec="snappy", file_name_suffix=suffix, num_shards=num_shards
         )
     else:
-        rows | "Write" >> beam.io.WriteToText(
-            prefix, file_name_suffix=suffix, num_shards=num_shards, coder=_JsonCoder()
-        )
+        rows | "Write" >> beam.io.WriteToText(prefix, file_name_suffix=suffix, num_shards=num_shards, coder=_JsonCoder())
     # Not "{prefix}-errors": a sink's finalize deletes files matching its own shard glob
     # ("{prefix}-*-of-N"), which would take the other sink's shards with it.
-    examples.errors | "WriteErrors" >> beam.io.WriteToText(
-        f"{prefix}_rejected", file_name_suffix=".jsonl", coder=_JsonCoder(), skip_if_empty=True
+    examples.errors | "WriteRejected" >> beam.io.WriteToText(
+        errors_prefix, file_name_suffix=".jsonl", coder=_JsonCoder(), skip_if_empty=True
     )
 
-    print(
-        f"score: {len(paths)} {fmt} file(s) -> {prefix}-*{suffix} ({options.view_as(StandardOptions).runner})",
-        file=sys.stderr,
-    )
+    runner = options.view_as(StandardOptions).runner
+    print(f"score: {len(paths)} {fmt} file(s) -> {prefix}-*{suffix} ({runner})", file=sys.stderr)
     start = time.perf_counter()
-    result = pipeline.run()
-    result.wait_until_finish()
+    try:
+        result = pipeline.run()
+        result.wait_until_finish()
+    except Exception as error:  # whatever the runner raises: a failed job, not a bad argument
+        raise RuntimeError(f"The scoring pipeline failed: {error}") from error
     seconds = time.perf_counter() - start
     summary = {
         "rows": _counter(result, "rows_scored"),
         "errors": _counter(result, "records_rejected"),
         "seconds": seconds,
         "output": f"{prefix}-*{suffix}",
-        "errors_output": f"{prefix}_rejected-*.jsonl",
+        "errors_output": f"{errors_prefix}-*.jsonl",
     }
+    if not summary["errors"]:
+        # A runner without metrics reports none: the rejected records' files tell.
+        summary["errors"] = sum(1 for path in _existing(summary["errors_output"]) for _ in _lines(path))
     print(
         f"score: {summary['rows']} rows scored in {seconds:.1f} s "
         f"({summary['rows'] / max(seconds, 1e-9):.0f} rows/s); {summary['errors']} rejected"
@@ -168,20 +186,29 @@ def score(
 
 
 class _ToExample(beam.DoFn):
-    """Records to `(key, features)`; a record that cannot be scored goes to "errors"."""
+    """Raw records to `(key, features)`; one that cannot be scored goes to "errors" with
+    its key (when it has one) and the reason."""
 
-    def __init__(self, plan, key_column, decode):
+    def __init__(self, plan, decode, key_column, key_kind, key_type):
         self._plan = plan
-        self._key_column = key_column
         self._decode = decode
+        self._key_column = key_column
+        self._key_kind = key_kind
+        self._key_type = key_type
         self._rejected = Metrics.counter(_METRICS_NAMESPACE, "records_rejected")
 
     def process(self, element):
-        key, record = (None, element) if self._key_column else element
+        key, raw = (None, element) if self._key_column else element
         try:
-            record = dict(self._decode(record))
+            record = self._decode(raw)
+            if record is None:
+                return
             if self._key_column:
-                key = records.record_key(record, self._key_column)
+                key = records.record_key(record, self._key_column, self._key_kind)
+                if type(key) is not self._key_type:  # the output's key column has one type
+                    raise ValueError(
+                        f"Key {key!r} is a {type(key).__name__}, the first record's a {self._key_type.__name__}."
+                    )
                 row_id(key)
             features = self._plan(record)
         except ValueError as error:
@@ -221,6 +248,8 @@ class _ToRow(beam.DoFn):
 
 
 class _JsonCoder(beam.coders.Coder):
+    """One JSON document per element (a line of a JSON-lines file)."""
+
     def encode(self, value):
         return json.dumps(value).encode("utf-8")
 
@@ -231,47 +260,73 @@ class _JsonCoder(beam.coders.Coder):
         return True
 
 
-def _source(fmt, pattern):
+def _pipeline_options(pipeline_args):
+    """Beam's PipelineOptions of the flags `score` does not know, which must all be Beam's."""
+    args = list(pipeline_args or [])
+    loose = [arg for arg in args if not arg.startswith("-")]
+    if loose:
+        raise ValueError(
+            f"Unexpected argument(s) {loose}: write Beam pipeline options as --flag=value "
+            "(a value after a space is taken for an argument)."
+        )
+    options = PipelineOptions(args)
+    unknown = sorted(
+        set(options.get_all_options(retain_unknown_options=True)) - set(options.get_all_options())
+    )
+    if unknown:
+        # Beam would drop them with a warning: a mistyped --num_sample would run with 50.
+        given = [arg.split("=")[0] for arg in args if arg.lstrip("-").split("=")[0].replace("-", "_") in unknown]
+        raise ValueError(f"Unknown option(s) {given or unknown}: neither score's nor Beam's.")
+    if not options.view_as(StandardOptions).runner:
+        options.view_as(StandardOptions).runner = "DirectRunner"
+    return options
+
+
+def _refuse_existing_output(*patterns):
+    found = [path for pattern in patterns for path in _existing(pattern)]
+    if found:
+        raise FileExistsError(
+            f"Output files exist already ({found[:3]}{'...' if len(found) > 3 else ''}): an earlier run's "
+            "shards would mix with this run's. Remove them or choose another OUTPUT."
+        )
+
+
+def _existing(pattern):
+    return [metadata.path for metadata in FileSystems.match([pattern])[0].metadata_list]
+
+
+def _lines(path):
+    with FileSystems.open(path) as handle:
+        yield from iter(handle.readline, b"")
+
+
+def _source(fmt, pattern, columns):
     if fmt == "tfrecord":
         return beam.io.ReadFromTFRecord(pattern)
     if fmt == "parquet":
-        return beam.io.ReadFromParquet(pattern)
+        return beam.io.ReadFromParquet(pattern, columns=columns)
     # Line-based, so quoted fields must not hold newlines.
     return beam.io.ReadFromText(pattern, skip_header_lines=1)
 
 
-def _decoder(fmt, header):
-    if fmt == "tfrecord":
-        return _ExampleDecoder()
-    if fmt == "csv":
-        return _CsvDecoder(header)
-    return _Identity()
+def _common_csv_header(paths):
+    """The header all CSV files share (Beam's line reader maps every file by one header)."""
+    header = records.csv_header(paths[0])
+    for path in paths[1:]:
+        if records.csv_header(path) != header:
+            raise ValueError(
+                f"CSV files {paths[0]!r} and {path!r} have different headers: score files of one layout together."
+            )
+    return header
 
 
-class _Identity:
-    def __call__(self, record):
-        return record
-
-
-class _ExampleDecoder:
-    def __call__(self, record):
-        return record if isinstance(record, dict) else records.parse_example(record)
-
-
-class _CsvDecoder:
-    def __init__(self, header):
-        self._header = header
-
-    def __call__(self, record):
-        return record if isinstance(record, dict) else records.csv_record(self._header, record)
-
-
-def _first_record(paths, fmt):
-    """The first record of the input, and the CSV header (None for other formats)."""
+def _first_record(paths, fmt, decode):
+    """The first record of the input, decoded."""
     for path in paths:
-        first = next(records.read_file(path, fmt), None)
-        if first is not None:
-            return first, records.csv_header(path) if fmt == "csv" else None
+        for raw in records.read_file(path, fmt):
+            record = decode(raw)
+            if record is not None:
+                return record
     raise ValueError(f"The input files ({len(paths)}) hold no record.")
 
 
@@ -287,6 +342,8 @@ def _output_target(output_path, output_format):
         output_format = known
     if output_format not in OUTPUT_FORMATS:
         raise ValueError(f"Unknown output format {output_format!r}: expected one of {list(OUTPUT_FORMATS)}.")
+    if known not in (None, output_format):
+        raise ValueError(f"OUTPUT {output_path!r} ends in {extension}, but --output_format is {output_format}.")
     if known is None:
         return output_format, output_path, f".{output_format}"
     return output_format, stem, extension
