@@ -80,6 +80,7 @@ def _score(args, pipeline_args):
     except ImportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    pipeline_args = [f"--runner={args.runner}", *pipeline_args]
     if not any(arg.split("=")[0] == "--default_sdk_harness_log_level" for arg in pipeline_args):
         # Beam's workers log every bundle at INFO; the progress lines are ours.
         pipeline_args = [*pipeline_args, "--default_sdk_harness_log_level=WARNING"]
@@ -187,6 +188,7 @@ def build_parser():
     score.add_argument("model", help="a .keras file (local or any filesystem Beam reads)")
     score.add_argument("input", help="file or glob: TFRecord of tf.train.Example, Parquet, or CSV with a header")
     score.add_argument("output", help="e.g. scores.parquet or scores.jsonl (written as shards)")
+    score.add_argument("--runner", default="DirectRunner", help="Beam runner, e.g. DataflowRunner, FlinkRunner, SparkRunner")
     score.add_argument("--num_samples", type=int, default=50, help="MC samples per example")
     score.add_argument("--seed", type=int, default=0, help="same seed and key => same statistics")
     score.add_argument("--task", choices=("auto", "regression", "classification"), default="auto")

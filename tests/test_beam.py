@@ -296,7 +296,7 @@ def test_score_cli_on_a_tfrecord_file_keys_examples_by_position(saved, tmp_path)
     assert not glob.glob(str(tmp_path / "out" / "scores_rejected-*"))
 
 
-def test_score_on_a_parquet_file_with_a_key_column_and_named_inputs(saved, tmp_path):
+def test_score_cli_on_a_parquet_file_with_a_key_column_and_named_inputs(saved, tmp_path, capsys):
     import pyarrow
     import pyarrow.parquet
 
@@ -310,9 +310,12 @@ def test_score_on_a_parquet_file_with_a_key_column_and_named_inputs(saved, tmp_p
     pyarrow.parquet.write_table(table, data, row_group_size=700)  # several splits for Beam's reader
     output = str(tmp_path / "out" / "scores.parquet")
 
-    summary = score(path, data, output, num_samples=10, seed=9, key_column="id", outputs=("mean", "stddev"))
+    from keras_dropout.cli import main
 
-    assert summary["rows"] == ROWS and summary["errors"] == 0
+    code = main(["score", path, data, output, "--num_samples=10", "--seed=9", "--key_column=id", "--outputs=mean,stddev"])
+
+    assert code == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"] == ROWS
     written = pyarrow.parquet.read_table(sorted(glob.glob(str(tmp_path / "out" / "scores-*.parquet"))))
     assert written.schema.names == ["id", "mean", "stddev"]
     result = written.to_pydict()
@@ -438,7 +441,7 @@ def test_score_refuses_to_mix_with_an_earlier_runs_output(saved, tmp_path):
         (["data.txt", "out.jsonl"], "--input_format"),
         (["{data}", "out.parquet", "--output_format=jsonl"], "ends in .parquet"),
         (["{data}", "out.jsonl", "--num-samples=3"], r"Unknown option\(s\) \['--num-samples'\]"),
-        (["{data}", "out.jsonl", "--runner", "DirectRunner"], "--flag=value"),
+        (["{data}", "out.jsonl", "--project", "my-project"], "--flag=value"),
         (["{directory}", "out.jsonl", "--input_format=csv"], "is a directory"),
         (["{data}", "out.txt"], "output format"),
         (["{missing}", "out.jsonl"], "No input file matches"),
@@ -456,7 +459,7 @@ def test_score_refuses_bad_arguments_before_running_a_pipeline(saved, tmp_path, 
     data.write_text("f0,f1,f2,f3,f4,f5\n0,1,2,3,4,5\n")
     (tmp_path / "data.txt").write_text("0,1,2,3,4,5\n")
     args = [arg.format(data=data, missing=tmp_path / "none-*.csv", directory=tmp_path) for arg in args]
-    args = [arg if arg.startswith(("-", "/")) or arg == "DirectRunner" else str(tmp_path / arg) for arg in args]
+    args = [arg if arg.startswith(("-", "/")) or arg == "my-project" else str(tmp_path / arg) for arg in args]
 
     code = main(["score", path, *args])
 
