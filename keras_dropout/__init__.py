@@ -30,6 +30,7 @@ lazy_package(
         "convert": ("keras_dropout.convert", "convert"),
         "MCPrediction": ("keras_dropout.mc", "MCPrediction"),
         "predict_mc": ("keras_dropout.mc", "predict_mc"),
+        "predict_moments": ("keras_dropout.moments", "predict_moments"),
         "sampling": ("keras_dropout.sampling", "sampling"),
         "StochasticSite": ("keras_dropout.sites", "StochasticSite"),
         "stochastic_sites": ("keras_dropout.sites", "stochastic_sites"),

@@ -188,18 +188,8 @@ def predict_mc(
     chunk_size = _validate_positive_int(chunk_size, "chunk_size")
     if batch_size is not None:
         batch_size = _validate_positive_int(batch_size, "batch_size")
-    if task not in ("auto", "regression", "classification"):
-        raise ValueError(
-            "Invalid value received for argument `task`. Expected 'auto', "
-            f"'regression' or 'classification'. Received: task={task!r}"
-        )
-    if tau is not None and not (
-        isinstance(tau, numbers.Real) and math.isfinite(tau) and tau > 0
-    ):
-        raise ValueError(
-            "Invalid value received for argument `tau`. Expected a finite "
-            f"float > 0. Received: tau={tau!r}"
-        )
+    _validate_task(task)
+    _validate_tau(tau)
     levels = tuple(float(level) for level in interval_levels)
     seed_words = _seed_words(np.random.randint(2**31) if seed is None else seed)
     batches = list(_input_batches(model, x))
@@ -337,6 +327,24 @@ class _Accumulator:
             samples=joined.get("samples"),
             intervals=intervals,
             measures=measures,
+        )
+
+
+def _validate_task(task):
+    if task not in ("auto", "regression", "classification"):
+        raise ValueError(
+            "Invalid value received for argument `task`. Expected 'auto', "
+            f"'regression' or 'classification'. Received: task={task!r}"
+        )
+
+
+def _validate_tau(tau):
+    if tau is not None and not (
+        isinstance(tau, numbers.Real) and math.isfinite(tau) and tau > 0
+    ):
+        raise ValueError(
+            "Invalid value received for argument `tau`. Expected a finite "
+            f"float > 0. Received: tau={tau!r}"
         )
 
 

@@ -1,0 +1,596 @@
+"""Moment propagation: MC dropout's predictive mean and variance in one forward pass.
+
+Instead of S sampled passes, every tensor downstream of the first stochastic layer carries a
+mean and a diagonal variance, and each layer maps input moments to output moments with a small
+rule (Brach, Sick & Duerr 2020, "Single Shot MC Dropout Approximation"; Postels et al. 2019,
+"Sampling-free epistemic uncertainty estimation using approximated variance propagation"; Wu et
+al. 2019, "Deterministic variational inference"). Layers no noise reaches run as they are.
+
+The approximations, stated once:
+- Diagonal covariance: the entries of a tensor are treated as independent. Exact through one
+  noise layer and one linear map; downstream of that, correlations a linear map creates (two
+  units that share inputs) are dropped, so the variance of a sum of correlated terms is biased
+  (low for positively correlated terms). Spatial dropout's masks are shared along a channel:
+  their per-entry moments are exact, the correlation across positions is lost the same way.
+- Gaussian entries before nonlinearities: ReLU uses the exact moments of a rectified Gaussian;
+  other elementwise activations use 32-point Gauss-Hermite quadrature of the Gaussian.
+- LayerNormalization normalises by the statistics of the mean (plus the average variance),
+  treated as constants.
+- Classification: the logits' Gaussian (mean, diagonal variance) is sampled (1024 common random
+  draws, a fixed seed) and pushed through the softmax or sigmoid, so the probabilities, entropies
+  and mutual information are computed by the same code as `predict_mc`'s, at the cost of the
+  output layer only. A closed form (probit / Laplace bridge) gives the mean but not the
+  entropies; sampling the logits alone gives all of them consistently.
+"""
+
+import math
+import statistics
+import weakref
+
+import keras
+import numpy as np
+from keras import ops
+from keras import tree
+
+from keras_dropout import _keras_internals as internals
+from keras_dropout import layers as kd_layers
+from keras_dropout.mc import MCPrediction
+from keras_dropout.sites import has_sampled_site
+
+LOGIT_SAMPLES = 1024
+_HERMITE_NODES, _HERMITE_WEIGHTS = np.polynomial.hermite.hermgauss(32)
+_RULES = {}
+
+
+class Moments:
+    """The mean and diagonal variance of a tensor (`variance` None: deterministic).
+
+    `logits`: for the output of a softmax or sigmoid, the moments of its input.
+    """
+
+    def __init__(self, mean, variance=None, logits=None):
+        self.mean = mean
+        self.variance = variance
+        self.logits = logits
+
+    def variance_or_zeros(self):
+        return ops.zeros_like(self.mean) if self.variance is None else self.variance
+
+
+def rule(*classes):
+    """Registers a propagation rule `fn(layer, moments) -> Moments` for layer classes."""
+
+    def register(fn):
+        for cls in classes:
+            _RULES[cls] = fn
+        return fn
+
+    return register
+
+
+def propagate(model, inputs):
+    """The moments of `model`'s outputs for `inputs` (deterministic inputs).
+
+    Args:
+        model: a Sequential or functional Keras model.
+        inputs: its inputs (tensor, list or dict).
+
+    Returns:
+        The model's output structure with a `Moments` for each output, plus a
+        dict `{id(output mean): logit Moments}` for outputs produced by a
+        softmax or sigmoid (the moments of its input).
+    """
+    graph = internals.functional_graph(model)
+    if graph is None:
+        raise ValueError(
+            f"predict_moments propagates through Sequential and functional models; '{model.name}' is "
+            f"subclassed ({type(model).__name__}), so it has no graph to walk. Use kd.predict_mc."
+        )
+    walk = _Walk()
+    outputs = walk.run_graph(graph, inputs)
+    moments = tree.map_structure(walk.moments_of, outputs)
+    return moments, walk.logits
+
+
+class _Walk:
+    """Runs a graph on means, keeping each random tensor's variance beside it."""
+
+    def __init__(self):
+        self.variances = {}  # id(mean) -> (mean, variance): the mean is kept so its id stays unique
+        self.logits = {}  # id(probabilities mean) -> Moments of the logits
+        self.stochastic = {}
+
+    def moments_of(self, tensor):
+        entry = self.variances.get(id(tensor))
+        return Moments(tensor, None if entry is None else entry[1])
+
+    def is_random(self, tensor):
+        return id(tensor) in self.variances
+
+    def run_graph(self, graph, inputs):
+        return internals.run_graph(graph, inputs, self.wrap)
+
+    def wrap(self, layer):
+        def run(*args, **kwargs):
+            tensors = [t for t in tree.flatten((args, kwargs)) if _is_tensor(t)]
+            random = any(self.is_random(t) for t in tensors)
+            if not random and not self._is_stochastic(layer):
+                return layer(*args, **kwargs)  # deterministic: exactly as the model computes it
+            nested = internals.functional_graph(layer)
+            if nested is not None:
+                return self.run_graph(nested, args[0] if len(args) == 1 else args)
+            propagate_layer = _rule_for(layer)
+            if propagate_layer is None:
+                raise ValueError(
+                    f"predict_moments has no propagation rule for layer '{layer.name}' "
+                    f"({type(layer).__name__}), which noise reaches. Use kd.predict_mc for this model "
+                    "(Monte Carlo sampling runs every layer)."
+                )
+            inputs = args[0] if len(args) == 1 else list(args)
+            result = propagate_layer(layer, tree.map_structure(self.moments_of, inputs))
+            if result.variance is not None:
+                self.variances[id(result.mean)] = (result.mean, result.variance)
+            if result.logits is not None:
+                self.logits[id(result.mean)] = result.logits
+            return result.mean
+
+        return run
+
+    def _is_stochastic(self, layer):
+        if id(layer) not in self.stochastic:
+            self.stochastic[id(layer)] = hasattr(layer, "_layers") and has_sampled_site(layer)
+        return self.stochastic[id(layer)]
+
+
+def _rule_for(layer):
+    for cls in type(layer).__mro__:
+        if cls in _RULES:
+            return _RULES[cls]
+    return None
+
+
+def _is_tensor(value):
+    return hasattr(value, "shape") and hasattr(value, "dtype")
+
+
+# --- Noise layers -------------------------------------------------------------
+
+
+def scaled_bernoulli(moments, rate):
+    """`x * z / (1 - rate)`, `z ~ Bernoulli(1 - rate)` independent of `x`."""
+    keep = 1.0 - rate
+    m, v = moments.mean, moments.variance_or_zeros()
+    return Moments(m, v / keep + ops.square(m) * (rate / keep))
+
+
+def multiplicative(moments, scale_mean, scale_second_moment):
+    """`x * s` for noise `s` independent of `x` with E[s] and E[s^2] given."""
+    m, v = moments.mean, moments.variance_or_zeros()
+    mean = m * scale_mean
+    return Moments(mean, (v + ops.square(m)) * scale_second_moment - ops.square(mean))
+
+
+@rule(
+    keras.layers.Dropout,
+    keras.layers.SpatialDropout1D,
+    keras.layers.SpatialDropout2D,
+    keras.layers.SpatialDropout3D,
+    kd_layers.MCDropout,
+    kd_layers.MCSpatialDropout1D,
+    kd_layers.MCSpatialDropout2D,
+    kd_layers.MCSpatialDropout3D,
+)
+def _dropout(layer, moments):
+    return scaled_bernoulli(moments, float(layer.rate))
+
+
+@rule(keras.layers.GaussianDropout, kd_layers.MCGaussianDropout)
+def _gaussian_dropout(layer, moments):
+    noise_variance = float(layer.rate) / (1.0 - float(layer.rate))
+    return multiplicative(moments, 1.0, 1.0 + noise_variance)
+
+
+@rule(keras.layers.GaussianNoise, kd_layers.MCGaussianNoise)
+def _gaussian_noise(layer, moments):
+    return Moments(moments.mean, moments.variance_or_zeros() + float(layer.stddev) ** 2)
+
+
+@rule(keras.layers.AlphaDropout, kd_layers.MCAlphaDropout)
+def _alpha_dropout(layer, moments):
+    # a * (x * z + alpha' * (1 - z)) + b with z ~ Bernoulli(1 - rate), as Keras computes it.
+    rate = float(layer.rate)
+    keep = 1.0 - rate
+    alpha_p = -1.6732632423543772 * 1.0507009873554805
+    a = (keep * (1 + rate * alpha_p**2)) ** -0.5
+    b = -a * alpha_p * rate
+    m, v = moments.mean, moments.variance_or_zeros()
+    mixed_mean = keep * m + rate * alpha_p
+    mixed_second = keep * (v + ops.square(m)) + rate * alpha_p**2
+    return Moments(a * mixed_mean + b, a**2 * (mixed_second - ops.square(mixed_mean)))
+
+
+@rule(kd_layers.DropConnectDense)
+def _dropconnect_dense(layer, moments):
+    # Each kernel entry kept with probability 1 - rate (scaled): the terms of a unit's sum are
+    # independent, so its variance is the sum of their variances.
+    keep = 1.0 - float(layer.rate)
+    kernel = ops.cast(layer.kernel, moments.mean.dtype)
+    m, v = moments.mean, moments.variance_or_zeros()
+    mean = ops.matmul(m, kernel)
+    second = ops.matmul(v + ops.square(m), ops.square(kernel)) / keep
+    variance = second - ops.matmul(ops.square(m), ops.square(kernel))
+    if layer.bias is not None:
+        mean = mean + layer.bias
+    return activation_moments(layer.activation, Moments(mean, variance))
+
+
+@rule(kd_layers.ConcreteDropout)
+def _concrete_dropout(layer, moments):
+    # The relaxed mask's scale s(u) = (1 - sigmoid((logit p + logit u) / t)) / (1 - p), u
+    # uniform: its first two moments by the midpoint rule on 4096 points of u.
+    p = ops.cast(ops.sigmoid(layer.p_logit), "float32")
+    u = (np.arange(4096, dtype="float32") + 0.5) / 4096
+    drop = ops.sigmoid((ops.log(p) - ops.log(1 - p) + np.log(u) - np.log1p(-u)) / layer.temperature)
+    scale = (1.0 - drop) / (1.0 - p)
+    dtype = moments.mean.dtype
+    noisy = multiplicative(moments, ops.cast(ops.mean(scale), dtype), ops.cast(ops.mean(ops.square(scale)), dtype))
+    inner = _rule_for(layer.layer)
+    if inner is None:
+        raise ValueError(
+            f"predict_moments has no propagation rule for '{layer.layer.name}' ({type(layer.layer).__name__}), "
+            f"the layer ConcreteDropout '{layer.name}' wraps. Use kd.predict_mc."
+        )
+    return inner(layer.layer, noisy)
+
+
+# --- Linear layers ------------------------------------------------------------
+
+
+@rule(keras.layers.Dense)
+def _dense(layer, moments):
+    kernel = ops.cast(layer.kernel, moments.mean.dtype)
+    mean = ops.matmul(moments.mean, kernel)
+    if layer.bias is not None:
+        mean = mean + layer.bias
+    variance = None if moments.variance is None else ops.matmul(moments.variance, ops.square(kernel))
+    return activation_moments(layer.activation, Moments(mean, variance))
+
+
+@rule(keras.layers.EinsumDense)
+def _einsum_dense(layer, moments):
+    kernel = ops.cast(layer.kernel, moments.mean.dtype)
+    mean = ops.einsum(layer.equation, moments.mean, kernel)
+    if layer.bias is not None:
+        mean = mean + layer.bias
+    variance = ops.einsum(layer.equation, moments.variance_or_zeros(), ops.square(kernel))
+    return activation_moments(layer.activation, Moments(mean, variance))
+
+
+@rule(keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
+def _conv(layer, moments):
+    kernel = ops.cast(layer.kernel, moments.mean.dtype)
+    mean = layer.convolution_op(moments.mean, kernel)
+    variance = layer.convolution_op(moments.variance_or_zeros(), ops.square(kernel))
+    if layer.use_bias:
+        mean = mean + _channel_broadcast(layer.bias, layer.data_format, ops.ndim(mean))
+    return activation_moments(layer.activation, Moments(mean, variance))
+
+
+def _channel_broadcast(vector, data_format, ndim):
+    if data_format == "channels_first":
+        return ops.reshape(vector, (1, -1) + (1,) * (ndim - 2))
+    return vector
+
+
+@rule(keras.layers.BatchNormalization)
+def _batch_normalization(layer, moments):
+    # Inference mode: a per-channel affine map with the moving statistics.
+    dtype = moments.mean.dtype
+    shape = [1] * len(moments.mean.shape)
+    shape[layer.axis] = -1
+    scale = ops.rsqrt(ops.cast(layer.moving_variance, dtype) + layer.epsilon)
+    if layer.scale:
+        scale = scale * ops.cast(layer.gamma, dtype)
+    shift = -ops.cast(layer.moving_mean, dtype) * scale
+    if layer.center:
+        shift = shift + ops.cast(layer.beta, dtype)
+    scale, shift = ops.reshape(scale, shape), ops.reshape(shift, shape)
+    return Moments(moments.mean * scale + shift, moments.variance_or_zeros() * ops.square(scale))
+
+
+@rule(keras.layers.LayerNormalization)
+def _layer_normalization(layer, moments):
+    # Approximation: the normalising statistics of each row are those of its mean plus the
+    # average variance, treated as constants.
+    axes = layer.axis
+    m, v = moments.mean, moments.variance_or_zeros()
+    n = math.prod(m.shape[axis] for axis in (axes if isinstance(axes, (list, tuple)) else [axes]))
+    row_mean = ops.mean(m, axis=axes, keepdims=True)
+    average_variance = ops.mean(v, axis=axes, keepdims=True)
+    row_variance = ops.var(m, axis=axes, keepdims=True) + average_variance * (1 - 1 / n)
+    scale = ops.rsqrt(row_variance + layer.epsilon)
+    # x_i minus the row's mean, which shares x_i: Var = v_i (1 - 2/n) + sum(v) / n^2.
+    centred_variance = v * (1 - 2 / n) + average_variance / n
+    mean, variance = (m - row_mean) * scale, centred_variance * ops.square(scale)
+    if layer.gamma is not None:
+        mean, variance = mean * layer.gamma, variance * ops.square(layer.gamma)
+    if layer.beta is not None:
+        mean = mean + layer.beta
+    return Moments(mean, variance)
+
+
+# --- Activations --------------------------------------------------------------
+
+
+def activation_moments(function, moments):
+    """Moments of `function(x)` for Gaussian `x` with the given moments."""
+    name = _name(function)
+    if moments.variance is None or name == "linear":
+        return Moments(function(moments.mean), moments.variance)
+    if name == "relu":
+        return relu_moments(moments)
+    if name in ("softmax", "log_softmax"):
+        result = _sampled_moments(function, moments)
+    else:
+        result = gauss_hermite_moments(function, moments)
+    if name in ("softmax", "sigmoid"):
+        result.logits = moments  # classification measures come from the logits' Gaussian
+    return result
+
+
+def relu_moments(moments):
+    """Exact moments of max(x, 0) for Gaussian x (rectified Gaussian)."""
+    m, v = moments.mean, ops.maximum(moments.variance, 1e-12)
+    s = ops.sqrt(v)
+    z = m / s
+    cdf = 0.5 * (1.0 + ops.erf(z / math.sqrt(2.0)))
+    pdf = ops.exp(-0.5 * ops.square(z)) / math.sqrt(2.0 * math.pi)
+    mean = m * cdf + s * pdf
+    second = (ops.square(m) + v) * cdf + m * s * pdf
+    return Moments(mean, ops.maximum(second - ops.square(mean), 0.0))
+
+
+def gauss_hermite_moments(function, moments):
+    """Moments of an elementwise `function(x)`, Gaussian x, by 32-point Gauss-Hermite."""
+    m, s = moments.mean, ops.sqrt(ops.maximum(moments.variance, 0.0))
+    mean = ops.zeros_like(m)
+    second = ops.zeros_like(m)
+    for node, weight in zip(_HERMITE_NODES, _HERMITE_WEIGHTS):
+        value = function(m + (math.sqrt(2.0) * float(node)) * s)
+        mean = mean + (float(weight) / math.sqrt(math.pi)) * value
+        second = second + (float(weight) / math.sqrt(math.pi)) * ops.square(value)
+    return Moments(mean, ops.maximum(second - ops.square(mean), 0.0))
+
+
+def _sampled_moments(function, moments):
+    samples = logit_samples(moments, LOGIT_SAMPLES)  # (S, ...)
+    values = function(samples)
+    return Moments(ops.mean(values, axis=0), ops.var(values, axis=0))
+
+
+def logit_samples(moments, num_samples, seed=0):
+    """`(num_samples, ...)` draws of a Gaussian with the given moments (common random numbers)."""
+    shape = tuple(moments.mean.shape[1:])
+    noise = np.random.default_rng(seed).standard_normal((num_samples, 1) + shape).astype("float32")
+    noise = ops.cast(noise, moments.mean.dtype)
+    return moments.mean[None] + noise * ops.sqrt(ops.maximum(moments.variance_or_zeros(), 0.0))[None]
+
+
+def _name(function):
+    return getattr(function, "__name__", type(function).__name__).lower()
+
+
+@rule(keras.layers.Activation)
+def _activation_layer(layer, moments):
+    return activation_moments(layer.activation, moments)
+
+
+@rule(keras.layers.ReLU, keras.layers.LeakyReLU, keras.layers.ELU, keras.layers.PReLU)
+def _elementwise_layer(layer, moments):
+    if isinstance(layer, keras.layers.ReLU) and (
+        layer.max_value is None and float(layer.negative_slope) == 0 and float(layer.threshold) == 0
+    ):
+        return relu_moments(moments)
+    return gauss_hermite_moments(layer, moments)
+
+
+@rule(keras.layers.Softmax)
+def _softmax_layer(layer, moments):
+    result = _sampled_moments(layer, moments)
+    result.logits = moments
+    return result
+
+
+# --- Shape, merge and pooling layers -------------------------------------------------
+
+
+@rule(keras.layers.Flatten, keras.layers.Reshape, keras.layers.Permute, keras.layers.Identity)
+def _rearrangement(layer, moments):
+    return Moments(layer(moments.mean), layer(moments.variance_or_zeros()))
+
+
+@rule(keras.layers.Concatenate)
+def _concatenate(layer, inputs):
+    return Moments(layer([x.mean for x in inputs]), layer([x.variance_or_zeros() for x in inputs]))
+
+
+@rule(keras.layers.Add)
+def _add(layer, inputs):
+    # Independent summands (diagonal assumption): variances add.
+    return Moments(layer([x.mean for x in inputs]), layer([x.variance_or_zeros() for x in inputs]))
+
+
+@rule(
+    keras.layers.AveragePooling1D,
+    keras.layers.AveragePooling2D,
+    keras.layers.AveragePooling3D,
+)
+def _average_pooling(layer, moments):
+    # The mean of k independent entries: variance / k (exact away from padded borders).
+    window = math.prod(layer.pool_size)
+    return Moments(layer(moments.mean), layer(moments.variance_or_zeros()) / window)
+
+
+@rule(
+    keras.layers.GlobalAveragePooling1D,
+    keras.layers.GlobalAveragePooling2D,
+    keras.layers.GlobalAveragePooling3D,
+)
+def _global_average_pooling(layer, moments):
+    mean = layer(moments.mean)
+    entries = math.prod(moments.mean.shape[1:]) // math.prod(mean.shape[1:])
+    return Moments(mean, layer(moments.variance_or_zeros()) / entries)
+
+
+# --- predict_moments -------------------------------------------------------------------
+
+DEFAULT_BATCH_ROWS = 1024
+_compiled_propagators = weakref.WeakKeyDictionary()
+
+
+class MomentPrediction(MCPrediction):
+    """An `MCPrediction` from propagated moments: `interval(level)` is the Gaussian's, at any level."""
+
+    def interval(self, level=0.95):
+        if self.task != "regression":
+            return super().interval(level)
+        if not 0 < float(level) < 1:
+            raise ValueError(f"Invalid value received for argument `level`. Expected a float in (0, 1). Received: {level!r}")
+        z = statistics.NormalDist().inv_cdf(0.5 + float(level) / 2)
+        return self.mean - z * self.stddev, self.mean + z * self.stddev
+
+
+def predict_moments(model, x, *, batch_size=None, task="auto", from_logits=False, tau=None):
+    """MC dropout's predictive mean and variance without sampling, in one forward pass.
+
+    Every tensor that noise reaches carries a mean and a diagonal variance
+    through the model (moment propagation; this module's docstring states the
+    approximations and references); layers upstream of the first stochastic
+    layer run once, as they are. Regression outputs get the propagated mean
+    and variance, and Gaussian intervals at any level. Classification
+    outputs (softmax/sigmoid, or logits with `from_logits=True`) get the
+    measures of `predict_mc` computed from 1024 draws of the logits' Gaussian
+    (the output layer's cost only).
+
+    Args:
+        model: a Sequential or functional Keras model with at least one
+            stochastic layer.
+        x: inputs: an array, a list or dict of arrays, or a `tf.data.Dataset`.
+        batch_size: rows per compiled call (default 1024).
+        task: "auto", "regression" or "classification", as in `predict_mc`.
+        from_logits: the outputs are logits (classification).
+        tau: observation precision; adds `1 / tau` to `variance` (regression).
+
+    Returns:
+        An `MCPrediction` (`samples` None), or a dict of them keyed by output
+        name for multi-output models.
+
+    Raises:
+        ValueError: a layer that noise reaches has no propagation rule (the
+            message names it; `predict_mc` handles any model), or bad arguments.
+
+    Example:
+
+    >>> import numpy as np, keras, keras_dropout as kd
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(8, activation="relu"),
+    ...                           keras.layers.Dropout(0.5), keras.layers.Dense(1)])
+    >>> result = kd.predict_moments(model, np.ones((4, 3), "float32"))
+    >>> result.mean.shape, bool((result.variance > 0).all())
+    ((4, 1), True)
+    """
+    from keras_dropout import mc
+
+    mc._validate_task(task)
+    mc._validate_tau(tau)
+    rows_per_call = DEFAULT_BATCH_ROWS if batch_size is None else mc._validate_positive_int(batch_size, "batch_size")
+    batches = list(mc._input_batches(model, x))
+    if not batches or max(mc._num_rows(b) for b in batches) == 0:
+        raise ValueError("Invalid value received for argument `x`. Expected at least one row. Received: no rows.")
+    mc._samplable_model(model, batches[0])
+    tasks = mc._output_tasks(model, task, from_logits)
+    from_output_logits = tuple(t != "regression" and not from_logits for t in tasks)
+    propagator = _compiled_propagator(model, from_output_logits)
+    rows_per_call = min(rows_per_call, max(mc._num_rows(b) for b in batches))
+    padded_rows = 1 << (rows_per_call - 1).bit_length()
+    means = [[] for _ in tasks]
+    variances = [[] for _ in tasks]
+    for batch in batches:
+        for start in range(0, mc._num_rows(batch), rows_per_call):
+            rows = tree.map_structure(lambda a: a[start : start + rows_per_call], batch)
+            count = mc._num_rows(rows)
+            outputs = propagator(tree.map_structure(lambda a: mc._pad_rows(a, padded_rows), rows))
+            for index in range(len(tasks)):
+                means[index].append(np.asarray(ops.convert_to_numpy(outputs[2 * index]))[:count])
+                variances[index].append(np.asarray(ops.convert_to_numpy(outputs[2 * index + 1]))[:count])
+    predictions = []
+    for output_task, mean_parts, variance_parts in zip(tasks, means, variances):
+        mean, variance = np.concatenate(mean_parts), np.maximum(np.concatenate(variance_parts), 0.0)
+        if output_task == "regression":
+            if tau is not None:
+                variance = variance + 1.0 / tau
+            predictions.append(MomentPrediction("regression", mean, variance))
+        else:
+            predictions.append(_classification_from_logits(output_task, mean, variance))
+    if len(predictions) == 1:
+        return predictions[0]
+    return dict(zip(mc.output_names(model), predictions))
+
+
+def _classification_from_logits(task, mean, variance):
+    from keras_dropout import mc
+
+    accumulator = mc._Accumulator(task, None, (0.95,), False, from_logits=True)
+    noise = np.random.default_rng(0).standard_normal((LOGIT_SAMPLES,) + mean.shape[1:]).astype(mean.dtype)
+    rows_per_block = max(1, 2**22 // noise.size)
+    for start in range(0, len(mean), rows_per_block):
+        m, v = mean[start : start + rows_per_block], variance[start : start + rows_per_block]
+        accumulator.add(m[:, None] + noise[None] * np.sqrt(v)[:, None])
+    result = accumulator.result()
+    return MomentPrediction(
+        result.task, result.mean, result.variance, intervals=result._intervals, measures=result._measures
+    )
+
+
+def _compiled_propagator(model, from_output_logits):
+    cache = _compiled_propagators.setdefault(model, {})
+    if from_output_logits in cache:
+        return cache[from_output_logits]
+    # Held weakly, like predict_mc's samplers: the cache must not keep the model alive.
+    model_ref = weakref.ref(model)
+
+    def run(inputs):
+        moments, logits = propagate(model_ref(), inputs)
+        flat = []
+        for output, wants_logits in zip(tree.flatten(moments), from_output_logits):
+            if wants_logits:
+                output = logits.get(id(output.mean))
+                if output is None:
+                    raise ValueError(
+                        f"predict_moments needs the logits of model '{model_ref().name}''s classification "
+                        "output: its softmax/sigmoid must be a Dense/Conv activation or an Activation/Softmax "
+                        "layer that noise reaches. Pass from_logits=True for a logits output, or use kd.predict_mc."
+                    )
+            flat += [output.mean, output.variance_or_zeros()]
+        return flat
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        compiled = internals.omit_retracing_warning(tf.function(run, reduce_retracing=True, autograph=False))
+    elif backend == "jax":
+        import jax
+
+        def stateless(values, inputs):
+            with keras.StatelessScope(state_mapping=list(zip(model_ref().variables, values))):
+                return run(inputs)
+
+        jitted = jax.jit(stateless)
+
+        def compiled(inputs):
+            return jitted([v.value for v in model_ref().variables], inputs)
+
+    else:
+        compiled = run
+    cache[from_output_logits] = compiled
+    return compiled
