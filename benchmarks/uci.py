@@ -136,7 +136,14 @@ def _epochs_as_one_stream(x, y, epochs, seed):
     return dataset.batch(32).repeat(epochs).prefetch(tf.data.AUTOTUNE)
 
 
-def run_dataset(name, data_dir, num_splits, num_mc_samples, epochs_scale, seed):
+def train_dataset(name, data_dir, num_splits, epochs_scale, seed):
+    """Trains Gal's network on the splits of a data set (side by side).
+
+    Returns:
+        `(model, x_test, y_test, y_stats, tau, epochs)`: the trained model, the
+        stacked test inputs `(rows, splits, features)` and targets `(rows,
+        splits)`, each split's `(y_mean, y_std)`, the paper's tau, the epochs.
+    """
     folder, rate, tau, lengthscale = PAPER[name][:4]
     folder = os.path.join(data_dir, folder)
     splits = load_splits(folder, num_splits)
@@ -150,7 +157,11 @@ def run_dataset(name, data_dir, num_splits, num_mc_samples, epochs_scale, seed):
     model = build_model(len(splits), x_train.shape[-1], num_hidden, rate, weight_decay)
     model.compile(optimizer="adam", loss=_sum_of_split_mse, steps_per_execution=64, jit_compile=True)
     model.fit(_epochs_as_one_stream(x_train, y_train, epochs, seed), shuffle=False, verbose=0)
+    return model, x_test, y_test, y_stats, tau, epochs
 
+
+def run_dataset(name, data_dir, num_splits, num_mc_samples, epochs_scale, seed):
+    model, x_test, y_test, y_stats, tau, epochs = train_dataset(name, data_dir, num_splits, epochs_scale, seed)
     prediction = kd.predict_mc(
         model, x_test, num_samples=num_mc_samples, seed=seed, return_samples=True, verbose=0
     )

@@ -31,6 +31,7 @@ def _export(args):
         from_logits=args.from_logits,
         warmup=not args.no_warmup,
         batching=args.batching,
+        moments=args.moments,
     )
     print(path)
     return 0
@@ -155,6 +156,7 @@ def build_parser():
     export.add_argument("--from_logits", action="store_true")
     export.add_argument("--batching", action="store_true", help="leave mc_sample out (for --enable_batching)")
     export.add_argument("--no-warmup", action="store_true", help="do not write assets.extra warmup requests")
+    export.add_argument("--moments", action="store_true", help="add a `moments` signature (one pass, no sampling)")
     export.set_defaults(run=_export)
 
     check = commands.add_parser("check", help="report what TF Serving would trip on in a SavedModel")

@@ -4,9 +4,9 @@
    generated 2-D data,
 2. prints its uncertainty in and far from the data, and its calibration,
 3. writes a plot of predictive entropy over the input plane,
-4. exports a SavedModel with `serving_default`, `mc` and `mc_sample`,
+4. exports a SavedModel with `serving_default`, `mc`, `mc_sample` and `moments`,
 5. starts the embedded TF-Serving-compatible server on free loopback ports,
-6. queries the three signatures over REST and gRPC and prints the answers,
+6. queries the four signatures over REST and gRPC and prints the answers,
 7. shuts the server down.
 """
 
@@ -125,9 +125,9 @@ def run_demo(output_dir="keras_dropout_demo", epochs=60):
     _write_plot(model, x_train, y_train, plot_path)
     print(f"  wrote {plot_path}")
 
-    step("Exporting a SavedModel with serving_default, mc and mc_sample")
+    step("Exporting a SavedModel with serving_default, mc, mc_sample and moments")
     base_path = os.path.abspath(os.path.join(output_dir, "models", "demo"))
-    version_path = kd.serving.export(model, base_path, num_samples=64)
+    version_path = kd.serving.export(model, base_path, num_samples=64, moments=True)
     problems = kd.serving.check(version_path)
     print(f"  wrote {version_path}; kd.serving.check: {'no problems' if not problems else problems}")
 
@@ -136,7 +136,7 @@ def run_demo(output_dir="keras_dropout_demo", epochs=60):
     server.start()
     try:
         print(f"  REST http://127.0.0.1:{server.rest_api_port}   gRPC 127.0.0.1:{server.port}")
-        step("Querying the three signatures over REST and gRPC (first row of each answer)")
+        step("Querying the four signatures over REST and gRPC (first row of each answer)")
         query = {"x": far[:2]}
         for transport, client in (
             ("REST", Client(rest_url=f"http://127.0.0.1:{server.rest_api_port}", model_name="demo", transport="rest")),
@@ -147,7 +147,9 @@ def run_demo(output_dir="keras_dropout_demo", epochs=60):
                 _show(f"{transport} mc", client.predict(query, signature_name="mc"))
                 sampled = dict(query, num_samples=np.int32(256), seed=np.int64(7))
                 _show(f"{transport} mc_sample (S=256)", client.predict(sampled, signature_name="mc_sample"))
-        print("  (mc_sample with the same seed gives the same answer over both protocols)")
+                _show(f"{transport} moments (one pass)", client.predict(query, signature_name="moments"))
+        print("  (mc_sample with the same seed gives the same answer over both protocols; moments is")
+        print("   kd.predict_moments: the same statistics without sampling)")
     finally:
         server.stop()
     print(f"\nDone in {time.time() - step.start:.0f}s. Serve it yourself with:\n"

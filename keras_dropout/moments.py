@@ -16,7 +16,7 @@ The approximations, stated once:
   other elementwise activations use 32-point Gauss-Hermite quadrature of the Gaussian.
 - LayerNormalization normalises by the statistics of the mean (plus the average variance),
   treated as constants.
-- Classification: the logits' Gaussian (mean, diagonal variance) is sampled (1024 common random
+- Classification: the logits' Gaussian (mean, diagonal variance) is sampled (256 common random
   draws, a fixed seed) and pushed through the softmax or sigmoid, so the probabilities, entropies
   and mutual information are computed by the same code as `predict_mc`'s, at the cost of the
   output layer only. A closed form (probit / Laplace bridge) gives the mean but not the
@@ -37,20 +37,27 @@ from keras_dropout import layers as kd_layers
 from keras_dropout.mc import MCPrediction
 from keras_dropout.sites import has_sampled_site
 
-LOGIT_SAMPLES = 1024
+LOGIT_SAMPLES = 256
+# Full covariance across the last axis is tracked through dense layers of at most this many
+# units (cost: units^3 per row); predict_moments(covariance=...) sets it while tracing.
+FULL_COVARIANCE_UNITS = 128
+_COVARIANCE_UNITS = [FULL_COVARIANCE_UNITS]
 _HERMITE_NODES, _HERMITE_WEIGHTS = np.polynomial.hermite.hermgauss(32)
 _RULES = {}
 
 
 class Moments:
-    """The mean and diagonal variance of a tensor (`variance` None: deterministic).
+    """The mean and variance of a tensor (`variance` None: deterministic).
 
+    `covariance`: optionally, the covariance across the last axis,
+    `shape + (units,)` (its diagonal is `variance`); None: entries independent.
     `logits`: for the output of a softmax or sigmoid, the moments of its input.
     """
 
-    def __init__(self, mean, variance=None, logits=None):
+    def __init__(self, mean, variance=None, covariance=None, logits=None):
         self.mean = mean
         self.variance = variance
+        self.covariance = covariance
         self.logits = logits
 
     def variance_or_zeros(self):
@@ -96,16 +103,15 @@ class _Walk:
     """Runs a graph on means, keeping each random tensor's variance beside it."""
 
     def __init__(self):
-        self.variances = {}  # id(mean) -> (mean, variance): the mean is kept so its id stays unique
+        self.random = {}  # id(mean) -> Moments (holding the mean keeps its id unique)
         self.logits = {}  # id(probabilities mean) -> Moments of the logits
         self.stochastic = {}
 
     def moments_of(self, tensor):
-        entry = self.variances.get(id(tensor))
-        return Moments(tensor, None if entry is None else entry[1])
+        return self.random.get(id(tensor)) or Moments(tensor)
 
     def is_random(self, tensor):
-        return id(tensor) in self.variances
+        return id(tensor) in self.random
 
     def run_graph(self, graph, inputs):
         return internals.run_graph(graph, inputs, self.wrap)
@@ -129,7 +135,7 @@ class _Walk:
             inputs = args[0] if len(args) == 1 else list(args)
             result = propagate_layer(layer, tree.map_structure(self.moments_of, inputs))
             if result.variance is not None:
-                self.variances[id(result.mean)] = (result.mean, result.variance)
+                self.random[id(result.mean)] = result
             if result.logits is not None:
                 self.logits[id(result.mean)] = result.logits
             return result.mean
@@ -160,14 +166,26 @@ def scaled_bernoulli(moments, rate):
     """`x * z / (1 - rate)`, `z ~ Bernoulli(1 - rate)` independent of `x`."""
     keep = 1.0 - rate
     m, v = moments.mean, moments.variance_or_zeros()
-    return Moments(m, v / keep + ops.square(m) * (rate / keep))
+    variance = v / keep + ops.square(m) * (rate / keep)
+    # Off the diagonal, independent masks of mean 1 leave the covariance as it is.
+    return Moments(m, variance, _with_diagonal(moments.covariance, variance))
 
 
 def multiplicative(moments, scale_mean, scale_second_moment):
     """`x * s` for noise `s` independent of `x` with E[s] and E[s^2] given."""
     m, v = moments.mean, moments.variance_or_zeros()
     mean = m * scale_mean
-    return Moments(mean, (v + ops.square(m)) * scale_second_moment - ops.square(mean))
+    variance = (v + ops.square(m)) * scale_second_moment - ops.square(mean)
+    covariance = None if moments.covariance is None else moments.covariance * scale_mean**2
+    return Moments(mean, variance, _with_diagonal(covariance, variance))
+
+
+def _with_diagonal(covariance, variance):
+    """`covariance` with its diagonal replaced by `variance` (None stays None)."""
+    if covariance is None:
+        return None
+    diagonal = ops.diagonal(covariance, axis1=-2, axis2=-1)
+    return covariance + ops.expand_dims(variance - diagonal, -1) * ops.eye(ops.shape(variance)[-1], dtype=variance.dtype)
 
 
 @rule(
@@ -192,7 +210,8 @@ def _gaussian_dropout(layer, moments):
 
 @rule(keras.layers.GaussianNoise, kd_layers.MCGaussianNoise)
 def _gaussian_noise(layer, moments):
-    return Moments(moments.mean, moments.variance_or_zeros() + float(layer.stddev) ** 2)
+    variance = moments.variance_or_zeros() + float(layer.stddev) ** 2
+    return Moments(moments.mean, variance, _with_diagonal(moments.covariance, variance))
 
 
 @rule(keras.layers.AlphaDropout, kd_layers.MCAlphaDropout)
@@ -206,7 +225,9 @@ def _alpha_dropout(layer, moments):
     m, v = moments.mean, moments.variance_or_zeros()
     mixed_mean = keep * m + rate * alpha_p
     mixed_second = keep * (v + ops.square(m)) + rate * alpha_p**2
-    return Moments(a * mixed_mean + b, a**2 * (mixed_second - ops.square(mixed_mean)))
+    variance = a**2 * (mixed_second - ops.square(mixed_mean))
+    covariance = None if moments.covariance is None else moments.covariance * (a * keep) ** 2
+    return Moments(a * mixed_mean + b, variance, _with_diagonal(covariance, variance))
 
 
 @rule(kd_layers.DropConnectDense)
@@ -248,22 +269,56 @@ def _concrete_dropout(layer, moments):
 
 @rule(keras.layers.Dense)
 def _dense(layer, moments):
-    kernel = ops.cast(layer.kernel, moments.mean.dtype)
-    mean = ops.matmul(moments.mean, kernel)
-    if layer.bias is not None:
-        mean = mean + layer.bias
-    variance = None if moments.variance is None else ops.matmul(moments.variance, ops.square(kernel))
-    return activation_moments(layer.activation, Moments(mean, variance))
+    letters = "abcdefgh"[: len(moments.mean.shape) - 1]
+    return _linear(layer, moments, f"{letters}y,yz->{letters}z")
 
 
 @rule(keras.layers.EinsumDense)
 def _einsum_dense(layer, moments):
+    return _linear(layer, moments, layer.equation)
+
+
+def _linear(layer, moments, equation):
+    """A linear layer `einsum(equation, x, kernel) + bias`, then its activation."""
     kernel = ops.cast(layer.kernel, moments.mean.dtype)
-    mean = ops.einsum(layer.equation, moments.mean, kernel)
+    mean = ops.einsum(equation, moments.mean, kernel)
     if layer.bias is not None:
         mean = mean + layer.bias
-    variance = ops.einsum(layer.equation, moments.variance_or_zeros(), ops.square(kernel))
-    return activation_moments(layer.activation, Moments(mean, variance))
+    if moments.variance is None:
+        return activation_moments(layer.activation, Moments(mean))
+    covariance = _linear_covariance(equation, moments, kernel)
+    if covariance is not None:
+        variance = ops.diagonal(covariance, axis1=-2, axis2=-1)
+    else:
+        variance = ops.einsum(equation, moments.variance, ops.square(kernel))
+    return activation_moments(layer.activation, Moments(mean, variance, covariance))
+
+
+def _linear_covariance(equation, moments, kernel):
+    """The output covariance across the last axis, when tracked (see `covariance_units`)."""
+    inputs, rest = equation.replace(" ", "").split(",")
+    kernel_letters, outputs = rest.split("->")
+    reduced, produced = inputs[-1], outputs[-1]
+    units = (moments.mean.shape[-1], kernel.shape[-1] if kernel_letters[-1] == produced else None)
+    if not (
+        _COVARIANCE_UNITS[0]
+        and "." not in equation
+        and set(inputs) - set(outputs) == {reduced}
+        and produced in kernel_letters
+        and produced not in inputs
+        and all(n is not None and n <= _COVARIANCE_UNITS[0] for n in units)
+    ):
+        return None
+    free = [c for c in "pqrstuvwxyz" if c not in equation]
+    reduced2, produced2 = free[0], free[1]
+    kernel2 = kernel_letters.replace(produced, produced2)
+    if moments.covariance is None:
+        # Independent inputs: Cov(y_h, y_g) = sum_d v_d W_dh W_dg.
+        return ops.einsum(f"{inputs},{kernel_letters},{kernel2}->{outputs}{produced2}", moments.variance, kernel, kernel)
+    kernel2 = kernel2.replace(reduced, reduced2)
+    return ops.einsum(
+        f"{inputs}{reduced2},{kernel_letters},{kernel2}->{outputs}{produced2}", moments.covariance, kernel, kernel
+    )
 
 
 @rule(keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
@@ -326,7 +381,7 @@ def activation_moments(function, moments):
     """Moments of `function(x)` for Gaussian `x` with the given moments."""
     name = _name(function)
     if moments.variance is None or name == "linear":
-        return Moments(function(moments.mean), moments.variance)
+        return Moments(function(moments.mean), moments.variance, moments.covariance)
     if name == "relu":
         return relu_moments(moments)
     if name in ("softmax", "log_softmax"):
@@ -347,7 +402,16 @@ def relu_moments(moments):
     pdf = ops.exp(-0.5 * ops.square(z)) / math.sqrt(2.0 * math.pi)
     mean = m * cdf + s * pdf
     second = (ops.square(m) + v) * cdf + m * s * pdf
-    return Moments(mean, ops.maximum(second - ops.square(mean), 0.0))
+    variance = ops.maximum(second - ops.square(mean), 0.0)
+    return Moments(mean, variance, _activation_covariance(moments.covariance, cdf, variance))
+
+
+def _activation_covariance(covariance, gain, variance):
+    """Off the diagonal, first order: Cov(f(x_i), f(x_j)) ~ E[f'(x_i)] E[f'(x_j)] Cov(x_i, x_j)."""
+    if covariance is None:
+        return None
+    scaled = covariance * ops.expand_dims(gain, -1) * ops.expand_dims(gain, -2)
+    return _with_diagonal(scaled, variance)
 
 
 def gauss_hermite_moments(function, moments):
@@ -355,11 +419,18 @@ def gauss_hermite_moments(function, moments):
     m, s = moments.mean, ops.sqrt(ops.maximum(moments.variance, 0.0))
     mean = ops.zeros_like(m)
     second = ops.zeros_like(m)
+    stein = ops.zeros_like(m)  # E[f(x) (x - m)] / s^2 = E[f'(x)] (Stein's lemma)
     for node, weight in zip(_HERMITE_NODES, _HERMITE_WEIGHTS):
         value = function(m + (math.sqrt(2.0) * float(node)) * s)
         mean = mean + (float(weight) / math.sqrt(math.pi)) * value
         second = second + (float(weight) / math.sqrt(math.pi)) * ops.square(value)
-    return Moments(mean, ops.maximum(second - ops.square(mean), 0.0))
+        if moments.covariance is not None:
+            stein = stein + (float(weight) * float(node) * math.sqrt(2.0 / math.pi)) * value
+    variance = ops.maximum(second - ops.square(mean), 0.0)
+    covariance = None
+    if moments.covariance is not None:
+        covariance = _activation_covariance(moments.covariance, stein / ops.maximum(s, 1e-6), variance)
+    return Moments(mean, variance, covariance)
 
 
 def _sampled_moments(function, moments):
@@ -452,15 +523,18 @@ class MomentPrediction(MCPrediction):
     """An `MCPrediction` from propagated moments: `interval(level)` is the Gaussian's, at any level."""
 
     def interval(self, level=0.95):
-        if self.task != "regression":
-            return super().interval(level)
         if not 0 < float(level) < 1:
-            raise ValueError(f"Invalid value received for argument `level`. Expected a float in (0, 1). Received: {level!r}")
+            raise ValueError(
+                f"Invalid value received for argument `level`. Expected a float in (0, 1). Received: {level!r}"
+            )
         z = statistics.NormalDist().inv_cdf(0.5 + float(level) / 2)
-        return self.mean - z * self.stddev, self.mean + z * self.stddev
+        lower, upper = self.mean - z * self.stddev, self.mean + z * self.stddev
+        if self.task != "regression":
+            lower, upper = np.clip(lower, 0.0, 1.0), np.clip(upper, 0.0, 1.0)
+        return lower, upper
 
 
-def predict_moments(model, x, *, batch_size=None, task="auto", from_logits=False, tau=None):
+def predict_moments(model, x, *, batch_size=None, task="auto", from_logits=False, tau=None, covariance="auto"):
     """MC dropout's predictive mean and variance without sampling, in one forward pass.
 
     Every tensor that noise reaches carries a mean and a diagonal variance
@@ -469,8 +543,10 @@ def predict_moments(model, x, *, batch_size=None, task="auto", from_logits=False
     layer run once, as they are. Regression outputs get the propagated mean
     and variance, and Gaussian intervals at any level. Classification
     outputs (softmax/sigmoid, or logits with `from_logits=True`) get the
-    measures of `predict_mc` computed from 1024 draws of the logits' Gaussian
-    (the output layer's cost only).
+    measures of `predict_mc` computed from 256 draws of the logits' Gaussian
+    (the output layer's cost only). `interval(level)` is the Gaussian's
+    central interval of each output at any level (clipped to [0, 1] for
+    probabilities).
 
     Args:
         model: a Sequential or functional Keras model with at least one
@@ -480,6 +556,13 @@ def predict_moments(model, x, *, batch_size=None, task="auto", from_logits=False
         task: "auto", "regression" or "classification", as in `predict_mc`.
         from_logits: the outputs are logits (classification).
         tau: observation precision; adds `1 / tau` to `variance` (regression).
+        covariance: "auto" tracks the full covariance across the units of
+            dense layers of at most 128 units (exact through linear maps,
+            first order through activations: the correlations that shared
+            dropout masks create, which a diagonal drops, and which made the
+            variance of a 128-unit MLP come out about half of MC's);
+            "diagonal" treats all entries as independent (cheapest). Wider
+            layers, convolutions and merges are diagonal either way.
 
     Returns:
         An `MCPrediction` (`samples` None), or a dict of them keyed by output
@@ -502,6 +585,12 @@ def predict_moments(model, x, *, batch_size=None, task="auto", from_logits=False
 
     mc._validate_task(task)
     mc._validate_tau(tau)
+    if covariance not in ("auto", "diagonal"):
+        raise ValueError(
+            "Invalid value received for argument `covariance`. Expected 'auto' or 'diagonal'. "
+            f"Received: covariance={covariance!r}"
+        )
+    covariance_units = FULL_COVARIANCE_UNITS if covariance == "auto" else 0
     rows_per_call = DEFAULT_BATCH_ROWS if batch_size is None else mc._validate_positive_int(batch_size, "batch_size")
     batches = list(mc._input_batches(model, x))
     if not batches or max(mc._num_rows(b) for b in batches) == 0:
@@ -509,7 +598,7 @@ def predict_moments(model, x, *, batch_size=None, task="auto", from_logits=False
     mc._samplable_model(model, batches[0])
     tasks = mc._output_tasks(model, task, from_logits)
     from_output_logits = tuple(t != "regression" and not from_logits for t in tasks)
-    propagator = _compiled_propagator(model, from_output_logits)
+    propagator = _compiled_propagator(model, from_output_logits, covariance_units)
     rows_per_call = min(rows_per_call, max(mc._num_rows(b) for b in batches))
     padded_rows = 1 << (rows_per_call - 1).bit_length()
     means = [[] for _ in tasks]
@@ -536,29 +625,64 @@ def predict_moments(model, x, *, batch_size=None, task="auto", from_logits=False
     return dict(zip(mc.output_names(model), predictions))
 
 
+def moment_outputs(model, inputs, tasks, from_logits, covariance_units=FULL_COVARIANCE_UNITS):
+    """The `mc` signature's outputs computed by moment propagation, in graph code.
+
+    Regression outputs: the propagated `mean`, `variance`, `stddev`;
+    classification outputs: `kd.uncertainty.summarize` of the logits'
+    Gaussian draws (the draws `predict_moments` makes). Names as in `mc`
+    (prefixed `<output>_` for several outputs). Used by
+    `kd.serving.export(..., moments=True)`.
+    """
+    from keras_dropout import uncertainty
+    from keras_dropout.mc import output_names
+
+    _COVARIANCE_UNITS[0] = covariance_units
+    moments, logits = propagate(model, inputs)
+    names = output_names(model)
+    outputs = {}
+    for name, output, task in zip(names, tree.flatten(moments), tasks):
+        prefix = f"{name}_" if len(names) > 1 else ""
+        if task == "regression":
+            variance = output.variance_or_zeros()
+            stats = {"mean": output.mean, "variance": variance, "stddev": ops.sqrt(variance)}
+        else:
+            if not from_logits:
+                output = logits.get(id(output.mean))
+                if output is None:
+                    raise ValueError(f"predict_moments needs the logits of model '{model.name}''s output '{name}'.")
+            draws = ops.moveaxis(logit_samples(output, LOGIT_SAMPLES), 0, 1)  # (rows, draws, ...)
+            stats = uncertainty.summarize(draws, task, True)
+        for key in ("mean", "variance", "stddev") + (uncertainty.CLASSIFICATION_MEASURES if task != "regression" else ()):
+            outputs[prefix + key] = stats[key]
+    return outputs
+
+
 def _classification_from_logits(task, mean, variance):
     from keras_dropout import mc
 
-    accumulator = mc._Accumulator(task, None, (0.95,), False, from_logits=True)
+    # No sample quantiles (MomentPrediction's intervals are Gaussian): sorting the draws of
+    # every row was most of the cost.
+    accumulator = mc._Accumulator(task, None, (), False, from_logits=True)
     noise = np.random.default_rng(0).standard_normal((LOGIT_SAMPLES,) + mean.shape[1:]).astype(mean.dtype)
     rows_per_block = max(1, 2**22 // noise.size)
     for start in range(0, len(mean), rows_per_block):
         m, v = mean[start : start + rows_per_block], variance[start : start + rows_per_block]
         accumulator.add(m[:, None] + noise[None] * np.sqrt(v)[:, None])
     result = accumulator.result()
-    return MomentPrediction(
-        result.task, result.mean, result.variance, intervals=result._intervals, measures=result._measures
-    )
+    return MomentPrediction(result.task, result.mean, result.variance, measures=result._measures)
 
 
-def _compiled_propagator(model, from_output_logits):
+def _compiled_propagator(model, from_output_logits, covariance_units):
     cache = _compiled_propagators.setdefault(model, {})
-    if from_output_logits in cache:
-        return cache[from_output_logits]
+    key = (from_output_logits, covariance_units)
+    if key in cache:
+        return cache[key]
     # Held weakly, like predict_mc's samplers: the cache must not keep the model alive.
     model_ref = weakref.ref(model)
 
     def run(inputs):
+        _COVARIANCE_UNITS[0] = covariance_units  # read by the rules while this traces
         moments, logits = propagate(model_ref(), inputs)
         flat = []
         for output, wants_logits in zip(tree.flatten(moments), from_output_logits):
@@ -592,5 +716,5 @@ def _compiled_propagator(model, from_output_logits):
 
     else:
         compiled = run
-    cache[from_output_logits] = compiled
+    cache[key] = compiled
     return compiled

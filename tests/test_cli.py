@@ -275,7 +275,7 @@ def test_demo_runs_end_to_end(background):
     for step in range(1, 7):
         assert f"[{step}/6]" in result.stdout, step
     assert (background["demo"].output_dir / "demo_uncertainty.png").is_file()
-    for line in ("REST serving_default", "REST mc ", "REST mc_sample", "gRPC serving_default",
-                 "gRPC mc ", "gRPC mc_sample"):
+    for line in ("REST serving_default", "REST mc ", "REST mc_sample", "REST moments", "gRPC serving_default",
+                 "gRPC mc ", "gRPC mc_sample", "gRPC moments"):
         assert line in result.stdout, line
     assert "mean=" in result.stdout and "mutual_information=" in result.stdout

@@ -55,6 +55,11 @@ def test_regression_1d_is_less_certain_outside_the_training_range(tmp_path):
 
     assert_is_png(tmp_path / "regression_1d.png")
     assert printed_number(stdout, "ratio outside/inside:") > 1.5
+    # The one-pass band (issue 13's goal: ranks the points' uncertainty as MC does, >= 0.9).
+    moments_part = stdout.split("predict_moments (one pass")[1]
+    assert printed_number(moments_part, "ratio outside/inside:") > 1.5
+    assert 0.8 < printed_number(moments_part, "median variance / MC variance:") < 1.25
+    assert printed_number(moments_part, "rank correlation of the per-point variance with MC's:") >= 0.9
 
 
 def test_digits_ood_uncertainty_separates_unseen_classes(tmp_path):

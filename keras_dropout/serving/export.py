@@ -104,6 +104,7 @@ def export(
     from_logits=False,
     warmup=True,
     batching=False,
+    moments=False,
 ):
     """Exports `model` as a TF-Serving-ready SavedModel with MC signatures.
 
@@ -129,6 +130,8 @@ def export(
         batching: leave `mc_sample` out, so the export loads in TF Serving with
             `--enable_batching` (batching wraps every signature, and scalar
             inputs cannot be batched).
+        moments: also write a `moments` signature: the `mc` outputs computed
+            in one pass by `kd.predict_moments`' propagation (no sampling).
 
     Returns:
         The path of the written version directory.
@@ -223,17 +226,26 @@ def export(
         samples = tf.cond(count > 0, sampled, single_pass)
         return _named_statistics(model, samples, tasks, from_logits)
 
+    propagated = None
+    if moments:
+        from keras_dropout.moments import moment_outputs
+
+        def propagated(inputs):
+            return moment_outputs(model, _call_inputs(model, inputs), tasks, from_logits)
+
     with TRACE_LOCK:  # see keras_dropout.mc.TRACE_LOCK
         return _write_export(
-            model, base_path, version, specs, deterministic, mc, mc_sample, batching, warmup
+            model, base_path, version, specs, deterministic, mc, mc_sample, batching, warmup, propagated
         )
 
 
-def _write_export(model, base_path, version, specs, deterministic, mc, mc_sample, batching, warmup):
+def _write_export(model, base_path, version, specs, deterministic, mc, mc_sample, batching, warmup, propagated):
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint("serving_default", deterministic, input_signature=[specs])
     archive.add_endpoint("mc", mc, input_signature=[specs])
+    if propagated is not None:
+        archive.add_endpoint("moments", propagated, input_signature=[specs])
     if not batching:
         archive.add_endpoint(
             "mc_sample",
@@ -257,7 +269,7 @@ def _write_export(model, base_path, version, specs, deterministic, mc, mc_sample
     try:
         archive.write_out(staging_path, verbose=False)
         if warmup:
-            write_warmup_requests(staging_path, specs, batching=batching)
+            write_warmup_requests(staging_path, specs, batching=batching, moments=propagated is not None)
         os.rename(staging_path, final_path)
     finally:
         if os.path.exists(staging_path):

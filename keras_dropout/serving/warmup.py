@@ -43,23 +43,25 @@ def example_inputs(specs):
     return arrays
 
 
-def warmup_requests(specs, batching=False):
+def warmup_requests(specs, batching=False, moments=False):
     """`(signature_name, {input: array})` pairs, one per exported signature."""
     inputs = example_inputs(specs)
     requests = [("serving_default", inputs), ("mc", inputs)]
+    if moments:
+        requests.append(("moments", inputs))
     if not batching:
         sampled = dict(inputs, num_samples=np.int32(2), seed=np.int64(0))
         requests.append(("mc_sample", sampled))
     return requests
 
 
-def write_warmup_requests(saved_model_path, specs, batching=False, model_name="model"):
+def write_warmup_requests(saved_model_path, specs, batching=False, model_name="model", moments=False):
     """Writes the warmup TFRecord into `saved_model_path/assets.extra/`."""
     predict_pb2, prediction_log_pb2 = _serving_apis()
     path = os.path.join(saved_model_path, WARMUP_FILE)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with tf.io.TFRecordWriter(path) as writer:
-        for signature_name, inputs in warmup_requests(specs, batching):
+        for signature_name, inputs in warmup_requests(specs, batching, moments):
             request = predict_pb2.PredictRequest()
             request.model_spec.name = model_name
             request.model_spec.signature_name = signature_name
