@@ -122,6 +122,15 @@ def run_graph(graph, inputs, operation_fn):
     return graph._run_through_graph(inputs, operation_fn=operation_fn)
 
 
+def keras_mask(tensor):
+    """The Keras mask a tensor carries (`mask_zero`, `Masking`), or None."""
+    try:
+        from keras.src.backend.common.masking import get_keras_mask
+    except ImportError:  # Keras before 3.9 sets the attribute on the tensor
+        return getattr(tensor, "_keras_mask", None)
+    return get_keras_mask(tensor)
+
+
 def producer(tensor):
     """`(layer, output index)` of the layer that produced a KerasTensor."""
     history = getattr(tensor, "_keras_history", None)

@@ -1,19 +1,24 @@
 """Moment propagation: MC dropout's predictive mean and variance in one forward pass.
 
 Instead of S sampled passes, every tensor downstream of the first stochastic layer carries a
-mean and a diagonal variance, and each layer maps input moments to output moments with a small
-rule (Brach, Sick & Duerr 2020, "Single Shot MC Dropout Approximation"; Postels et al. 2019,
-"Sampling-free epistemic uncertainty estimation using approximated variance propagation"; Wu et
-al. 2019, "Deterministic variational inference"). Layers no noise reaches run as they are.
+mean and a variance (and, across the units of small dense layers, a covariance), and each layer
+maps input moments to output moments with a small rule (Brach, Sick & Duerr 2020, "Single Shot
+MC Dropout Approximation"; Postels et al. 2019, "Sampling-free epistemic uncertainty estimation
+using approximated variance propagation"; Wu et al. 2019, "Deterministic variational
+inference"). Layers no noise reaches run as they are.
 
 The approximations, stated once:
-- Diagonal covariance: the entries of a tensor are treated as independent. Exact through one
-  noise layer and one linear map; downstream of that, correlations a linear map creates (two
-  units that share inputs) are dropped, so the variance of a sum of correlated terms is biased
-  (low for positively correlated terms). Spatial dropout's masks are shared along a channel:
-  their per-entry moments are exact, the correlation across positions is lost the same way.
+- Covariance: across the last axis of dense (`Dense`, `EinsumDense`) outputs of at most 128
+  units, the covariance is tracked: exact through linear maps and noise layers, first order
+  through activations (Cov(f(x_i), f(x_j)) ~ E[f'(x_i)] E[f'(x_j)] Cov(x_i, x_j), the gains by
+  Stein's lemma), with the exact variances on its diagonal. Elsewhere (wider layers,
+  convolutions, merges, pooling, normalisation) entries are treated as independent: the
+  variance of a sum of correlated terms is then biased (units sharing a dropout mask are
+  correlated). Spatial dropout's per-entry moments are exact; the correlation of a channel's
+  positions, which share its mask, is not tracked.
 - Gaussian entries before nonlinearities: ReLU uses the exact moments of a rectified Gaussian;
-  other elementwise activations use 32-point Gauss-Hermite quadrature of the Gaussian.
+  other elementwise activations use 32-point Gauss-Hermite quadrature of the Gaussian. A
+  pre-activation made of a few dropped inputs is a mixture, not a Gaussian: biased there.
 - LayerNormalization normalises by the statistics of the mean (plus the average variance),
   treated as constants.
 - Classification: the logits' Gaussian (mean, diagonal variance) is sampled (256 common random
@@ -21,8 +26,14 @@ The approximations, stated once:
   and mutual information are computed by the same code as `predict_mc`'s, at the cost of the
   output layer only. A closed form (probit / Laplace bridge) gives the mean but not the
   entropies; sampling the logits alone gives all of them consistently.
+- Half-precision models propagate in float32.
+
+What has no rule (max pooling, RNNs, attention, depthwise/separable/transposed convolutions,
+masks, quantized layers, layers that subclass a known one and compute otherwise) is a
+`ValueError` naming the layer.
 """
 
+import contextvars
 import math
 import statistics
 import weakref
@@ -41,7 +52,10 @@ LOGIT_SAMPLES = 256
 # Full covariance across the last axis is tracked through dense layers of at most this many
 # units (cost: units^3 per row); predict_moments(covariance=...) sets it while tracing.
 FULL_COVARIANCE_UNITS = 128
-_COVARIANCE_UNITS = [FULL_COVARIANCE_UNITS]
+# Covariance is tracked only while rows hold at most this many covariance entries (a
+# (rows, T, units) sequence would need T x units^2 of them).
+COVARIANCE_ENTRIES_PER_ROW = 2**16
+_covariance_units = contextvars.ContextVar("covariance_units", default=FULL_COVARIANCE_UNITS)
 _HERMITE_NODES, _HERMITE_WEIGHTS = np.polynomial.hermite.hermgauss(32)
 _RULES = {}
 
@@ -75,12 +89,14 @@ def rule(*classes):
     return register
 
 
-def propagate(model, inputs):
+def propagate(model, inputs, covariance_units=FULL_COVARIANCE_UNITS):
     """The moments of `model`'s outputs for `inputs` (deterministic inputs).
 
     Args:
         model: a Sequential or functional Keras model.
         inputs: its inputs (tensor, list or dict).
+        covariance_units: track the covariance across dense layers of at most
+            this many units (0: diagonal only).
 
     Returns:
         The model's output structure with a `Moments` for each output, plus a
@@ -93,8 +109,12 @@ def propagate(model, inputs):
             f"predict_moments propagates through Sequential and functional models; '{model.name}' is "
             f"subclassed ({type(model).__name__}), so it has no graph to walk. Use kd.predict_mc."
         )
-    walk = _Walk()
-    outputs = walk.run_graph(graph, inputs)
+    token = _covariance_units.set(covariance_units)
+    try:
+        walk = _Walk()
+        outputs = walk.run_graph(graph, inputs)
+    finally:
+        _covariance_units.reset(token)
     moments = tree.map_structure(walk.moments_of, outputs)
     return moments, walk.logits
 
@@ -125,15 +145,27 @@ class _Walk:
             nested = internals.functional_graph(layer)
             if nested is not None:
                 return self.run_graph(nested, args[0] if len(args) == 1 else args)
-            propagate_layer = _rule_for(layer)
+            propagate_layer = _rule_for(layer) if isinstance(layer, keras.layers.Layer) else None
             if propagate_layer is None:
+                what = "layer" if isinstance(layer, keras.layers.Layer) else "keras.ops operation"
                 raise ValueError(
-                    f"predict_moments has no propagation rule for layer '{layer.name}' "
+                    f"predict_moments has no propagation rule for {what} '{layer.name}' "
                     f"({type(layer).__name__}), which noise reaches. Use kd.predict_mc for this model "
                     "(Monte Carlo sampling runs every layer)."
                 )
+            if kwargs.get("mask") is not None or any(internals.keras_mask(t) is not None for t in tensors):
+                raise ValueError(
+                    f"predict_moments does not propagate Keras masks (mask_zero, Masking), which reach "
+                    f"layer '{layer.name}' with the noise. Use kd.predict_mc for this model."
+                )
             inputs = args[0] if len(args) == 1 else list(args)
-            result = propagate_layer(layer, tree.map_structure(self.moments_of, inputs))
+            result = propagate_layer(
+                layer, tree.map_structure(lambda t: _at_least_float32(self.moments_of(t)) if _is_tensor(t) else t, inputs)
+            )
+            if any(result.mean is t for t in tensors):
+                # A rule that passes the mean through (dropout): a new tensor, so the input
+                # keeps its own (deterministic or random) moments for its other consumers.
+                result.mean = ops.copy(result.mean)
             if result.variance is not None:
                 self.random[id(result.mean)] = result
             if result.logits is not None:
@@ -148,10 +180,28 @@ class _Walk:
         return self.stochastic[id(layer)]
 
 
+def _at_least_float32(moments):
+    """Moments in float32 at least: half precision would lose variances (a 1e-12 floor is 0)."""
+    dtype = keras.backend.standardize_dtype(moments.mean.dtype)
+    if dtype not in ("float16", "bfloat16"):
+        return moments
+    cast = (lambda t: None if t is None else ops.cast(t, "float32"))
+    return Moments(cast(moments.mean), cast(moments.variance), cast(moments.covariance), moments.logits)
+
+
 def _rule_for(layer):
+    """The rule of the layer's class, or of a base class it inherits its computation from.
+
+    A subclass that overrides its computation (`call`, `sampled_call`, ...) computes something else: no rule,
+    so an error rather than a silent wrong answer.
+    """
     for cls in type(layer).__mro__:
         if cls in _RULES:
-            return _RULES[cls]
+            inherited = all(
+                getattr(type(layer), name, None) is getattr(cls, name, None)
+                for name in ("call", "sampled_call", "sampled_multiplier", "deterministic_call")
+            )
+            return _RULES[cls] if inherited else None
     return None
 
 
@@ -199,7 +249,14 @@ def _with_diagonal(covariance, variance):
     kd_layers.MCSpatialDropout3D,
 )
 def _dropout(layer, moments):
-    return scaled_bernoulli(moments, float(layer.rate))
+    result = scaled_bernoulli(moments, float(layer.rate))
+    noise_shape = getattr(layer, "noise_shape", None)
+    shared_last = (noise_shape is not None and noise_shape[-1] == 1) or getattr(layer, "data_format", None) == "channels_first"
+    if shared_last:
+        # A mask shared along the last axis correlates its entries: the tracked
+        # covariance would miss that, so fall back to the (exact) diagonal.
+        result.covariance = None
+    return result
 
 
 @rule(keras.layers.GaussianDropout, kd_layers.MCGaussianDropout)
@@ -241,7 +298,7 @@ def _dropconnect_dense(layer, moments):
     second = ops.matmul(v + ops.square(m), ops.square(kernel)) / keep
     variance = second - ops.matmul(ops.square(m), ops.square(kernel))
     if layer.bias is not None:
-        mean = mean + layer.bias
+        mean = mean + ops.cast(layer.bias, mean.dtype)
     return activation_moments(layer.activation, Moments(mean, variance))
 
 
@@ -251,7 +308,8 @@ def _concrete_dropout(layer, moments):
     # uniform: its first two moments by the midpoint rule on 4096 points of u.
     p = ops.cast(ops.sigmoid(layer.p_logit), "float32")
     u = (np.arange(4096, dtype="float32") + 0.5) / 4096
-    drop = ops.sigmoid((ops.log(p) - ops.log(1 - p) + np.log(u) - np.log1p(-u)) / layer.temperature)
+    eps = 1e-7  # as the layer's own _EPS
+    drop = ops.sigmoid((ops.log(p + eps) - ops.log(1 - p + eps) + np.log(u + eps) - np.log(1 - u + eps)) / layer.temperature)
     scale = (1.0 - drop) / (1.0 - p)
     dtype = moments.mean.dtype
     noisy = multiplicative(moments, ops.cast(ops.mean(scale), dtype), ops.cast(ops.mean(ops.square(scale)), dtype))
@@ -280,10 +338,16 @@ def _einsum_dense(layer, moments):
 
 def _linear(layer, moments, equation):
     """A linear layer `einsum(equation, x, kernel) + bias`, then its activation."""
+    if getattr(layer, "quantization_mode", None):
+        # `kernel` would be the integer codes, without their scales.
+        raise ValueError(
+            f"predict_moments does not propagate through quantized layer '{layer.name}' "
+            f"({layer.quantization_mode}). Use kd.predict_mc."
+        )
     kernel = ops.cast(layer.kernel, moments.mean.dtype)
     mean = ops.einsum(equation, moments.mean, kernel)
     if layer.bias is not None:
-        mean = mean + layer.bias
+        mean = mean + ops.cast(layer.bias, mean.dtype)
     if moments.variance is None:
         return activation_moments(layer.activation, Moments(mean))
     covariance = _linear_covariance(equation, moments, kernel)
@@ -299,14 +363,18 @@ def _linear_covariance(equation, moments, kernel):
     inputs, rest = equation.replace(" ", "").split(",")
     kernel_letters, outputs = rest.split("->")
     reduced, produced = inputs[-1], outputs[-1]
-    units = (moments.mean.shape[-1], kernel.shape[-1] if kernel_letters[-1] == produced else None)
+    units = (moments.mean.shape[-1], kernel.shape[kernel_letters.index(produced)] if produced in kernel_letters else None)
+    inner = tuple(moments.mean.shape[1:-1])
+    limit = _covariance_units.get()
     if not (
-        _COVARIANCE_UNITS[0]
+        limit
         and "." not in equation
         and set(inputs) - set(outputs) == {reduced}
         and produced in kernel_letters
         and produced not in inputs
-        and all(n is not None and n <= _COVARIANCE_UNITS[0] for n in units)
+        and all(n is not None and n <= limit for n in units)
+        and None not in inner
+        and math.prod(inner) * max(units) ** 2 <= COVARIANCE_ENTRIES_PER_ROW
     ):
         return None
     free = [c for c in "pqrstuvwxyz" if c not in equation]
@@ -323,11 +391,13 @@ def _linear_covariance(equation, moments, kernel):
 
 @rule(keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
 def _conv(layer, moments):
+    if layer.padding == "causal":
+        raise ValueError(f"predict_moments does not propagate causal convolution '{layer.name}' yet. Use kd.predict_mc.")
     kernel = ops.cast(layer.kernel, moments.mean.dtype)
     mean = layer.convolution_op(moments.mean, kernel)
     variance = layer.convolution_op(moments.variance_or_zeros(), ops.square(kernel))
     if layer.use_bias:
-        mean = mean + _channel_broadcast(layer.bias, layer.data_format, ops.ndim(mean))
+        mean = mean + _channel_broadcast(ops.cast(layer.bias, mean.dtype), layer.data_format, ops.ndim(mean))
     return activation_moments(layer.activation, Moments(mean, variance))
 
 
@@ -357,20 +427,25 @@ def _batch_normalization(layer, moments):
 def _layer_normalization(layer, moments):
     # Approximation: the normalising statistics of each row are those of its mean plus the
     # average variance, treated as constants.
-    axes = layer.axis
+    if getattr(layer, "rms_scaling", False):
+        raise ValueError(f"predict_moments does not propagate RMS-scaled '{layer.name}' yet. Use kd.predict_mc.")
     m, v = moments.mean, moments.variance_or_zeros()
-    n = math.prod(m.shape[axis] for axis in (axes if isinstance(axes, (list, tuple)) else [axes]))
+    ndim = len(m.shape)
+    axes = [axis % ndim for axis in (layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis])]
     row_mean = ops.mean(m, axis=axes, keepdims=True)
+    n = ops.cast(ops.size(m) // ops.size(row_mean), m.dtype)
     average_variance = ops.mean(v, axis=axes, keepdims=True)
     row_variance = ops.var(m, axis=axes, keepdims=True) + average_variance * (1 - 1 / n)
     scale = ops.rsqrt(row_variance + layer.epsilon)
     # x_i minus the row's mean, which shares x_i: Var = v_i (1 - 2/n) + sum(v) / n^2.
     centred_variance = v * (1 - 2 / n) + average_variance / n
     mean, variance = (m - row_mean) * scale, centred_variance * ops.square(scale)
+    shape = [m.shape[axis] if axis in axes else 1 for axis in range(ndim)]  # as Keras broadcasts gamma
     if layer.gamma is not None:
-        mean, variance = mean * layer.gamma, variance * ops.square(layer.gamma)
+        gamma = ops.reshape(ops.cast(layer.gamma, m.dtype), shape)
+        mean, variance = mean * gamma, variance * ops.square(gamma)
     if layer.beta is not None:
-        mean = mean + layer.beta
+        mean = mean + ops.reshape(ops.cast(layer.beta, m.dtype), shape)
     return Moments(mean, variance)
 
 
@@ -378,19 +453,44 @@ def _layer_normalization(layer, moments):
 
 
 def activation_moments(function, moments):
-    """Moments of `function(x)` for Gaussian `x` with the given moments."""
-    name = _name(function)
-    if moments.variance is None or name == "linear":
-        return Moments(function(moments.mean), moments.variance, moments.covariance)
-    if name == "relu":
+    """Moments of `function(x)` for Gaussian `x` with the given moments.
+
+    Functions are recognised by identity (a function merely named "relu" is not
+    Keras' ReLU); a layer used as an activation takes its own rule; anything
+    else is refused.
+    """
+    if moments.variance is None:
+        return Moments(function(moments.mean))
+    if function is keras.activations.linear:
+        return Moments(moments.mean, moments.variance, moments.covariance)
+    if function is keras.activations.relu:
         return relu_moments(moments)
-    if name in ("softmax", "log_softmax"):
+    if function in (keras.activations.softmax, keras.activations.log_softmax):
         result = _sampled_moments(function, moments)
-    else:
+    elif isinstance(function, keras.layers.Layer) and _rule_for(function) is not None:
+        return _rule_for(function)(function, moments)
+    elif any(function is known for known in _ELEMENTWISE_ACTIVATIONS):
         result = gauss_hermite_moments(function, moments)
-    if name in ("softmax", "sigmoid"):
+    else:
+        raise ValueError(
+            f"predict_moments has no rule for the activation {_name(function)!r} (not an elementwise Keras "
+            "activation it knows). Use kd.predict_mc."
+        )
+    if function in (keras.activations.softmax, keras.activations.sigmoid):
         result.logits = moments  # classification measures come from the logits' Gaussian
     return result
+
+
+# Elementwise Keras activations: their moments by Gauss-Hermite quadrature.
+_ELEMENTWISE_ACTIVATIONS = tuple(
+    getattr(keras.activations, name)
+    for name in (
+        "sigmoid", "tanh", "gelu", "softplus", "softsign", "elu", "selu", "silu", "swish", "exponential",
+        "hard_sigmoid", "hard_silu", "hard_swish", "leaky_relu", "relu6", "mish", "celu", "log_sigmoid",
+        "hard_tanh", "tanh_shrink", "squareplus", "sparse_plus", "soft_shrink", "hard_shrink",
+    )
+    if hasattr(keras.activations, name)
+)
 
 
 def relu_moments(moments):
@@ -442,6 +542,10 @@ def _sampled_moments(function, moments):
 def logit_samples(moments, num_samples, seed=0):
     """`(num_samples, ...)` draws of a Gaussian with the given moments (common random numbers)."""
     shape = tuple(moments.mean.shape[1:])
+    if None in shape:
+        raise ValueError(
+            f"predict_moments draws the logits of a fixed shape; these have shape {shape}. Use kd.predict_mc."
+        )
     noise = np.random.default_rng(seed).standard_normal((num_samples, 1) + shape).astype("float32")
     noise = ops.cast(noise, moments.mean.dtype)
     return moments.mean[None] + noise * ops.sqrt(ops.maximum(moments.variance_or_zeros(), 0.0))[None]
@@ -467,6 +571,9 @@ def _elementwise_layer(layer, moments):
 
 @rule(keras.layers.Softmax)
 def _softmax_layer(layer, moments):
+    axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+    if [axis % len(moments.mean.shape) for axis in axes] != [len(moments.mean.shape) - 1]:
+        raise ValueError(f"predict_moments propagates softmax over the last axis only; '{layer.name}' has axis={layer.axis}.")
     result = _sampled_moments(layer, moments)
     result.logits = moments
     return result
@@ -509,7 +616,7 @@ def _average_pooling(layer, moments):
 )
 def _global_average_pooling(layer, moments):
     mean = layer(moments.mean)
-    entries = math.prod(moments.mean.shape[1:]) // math.prod(mean.shape[1:])
+    entries = ops.cast(ops.size(moments.mean) // ops.size(mean), mean.dtype)
     return Moments(mean, layer(moments.variance_or_zeros()) / entries)
 
 
@@ -599,8 +706,12 @@ def predict_moments(model, x, *, batch_size=None, task="auto", from_logits=False
     tasks = mc._output_tasks(model, task, from_logits)
     from_output_logits = tuple(t != "regression" and not from_logits for t in tasks)
     propagator = _compiled_propagator(model, from_output_logits, covariance_units)
-    rows_per_call = min(rows_per_call, max(mc._num_rows(b) for b in batches))
-    padded_rows = 1 << (rows_per_call - 1).bit_length()
+    largest = max(mc._num_rows(b) for b in batches)
+    capacity = rows_per_call
+    # As predict_mc: equal calls, padded to a power of two (new batch sizes reuse compiled
+    # functions) but never beyond batch_size.
+    rows_per_call = math.ceil(largest / math.ceil(largest / rows_per_call))
+    padded_rows = min(capacity, 1 << (rows_per_call - 1).bit_length())
     means = [[] for _ in tasks]
     variances = [[] for _ in tasks]
     for batch in batches:
@@ -637,14 +748,13 @@ def moment_outputs(model, inputs, tasks, from_logits, covariance_units=FULL_COVA
     from keras_dropout import uncertainty
     from keras_dropout.mc import output_names
 
-    _COVARIANCE_UNITS[0] = covariance_units
-    moments, logits = propagate(model, inputs)
+    moments, logits = propagate(model, inputs, covariance_units)
     names = output_names(model)
     outputs = {}
     for name, output, task in zip(names, tree.flatten(moments), tasks):
         prefix = f"{name}_" if len(names) > 1 else ""
         if task == "regression":
-            variance = output.variance_or_zeros()
+            variance = ops.maximum(output.variance_or_zeros(), 0.0)
             stats = {"mean": output.mean, "variance": variance, "stddev": ops.sqrt(variance)}
         else:
             if not from_logits:
@@ -682,8 +792,7 @@ def _compiled_propagator(model, from_output_logits, covariance_units):
     model_ref = weakref.ref(model)
 
     def run(inputs):
-        _COVARIANCE_UNITS[0] = covariance_units  # read by the rules while this traces
-        moments, logits = propagate(model_ref(), inputs)
+        moments, logits = propagate(model_ref(), inputs, covariance_units)
         flat = []
         for output, wants_logits in zip(tree.flatten(moments), from_output_logits):
             if wants_logits:

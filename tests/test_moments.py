@@ -245,6 +245,16 @@ def test_a_layer_without_a_rule_after_the_noise_is_named_in_the_error():
         kd.predict_moments(model, np.zeros((2, 8, 8, 1), "float32"))
 
 
+def test_a_subclass_that_computes_otherwise_gets_no_inherited_rule():
+    class DoubledDense(keras.layers.Dense):
+        def call(self, inputs):
+            return 2.0 * super().call(inputs)
+
+    model = keras.Sequential([keras.Input((4,)), kd.layers.MCDropout(0.2), DoubledDense(3, name="doubled")])
+    with pytest.raises(ValueError, match=r"'doubled' \(DoubledDense\)"):
+        kd.predict_moments(model, np.zeros((2, 4), "float32"))
+
+
 def test_layers_upstream_of_the_noise_need_no_rule():
     # Embedding and max pooling run as they are: no noise reaches them.
     tokens = keras.Input((5,), dtype="int32")
@@ -299,3 +309,82 @@ def test_export_moments_signature_equals_predict_moments(tmp_path, builder):
     np.testing.assert_allclose(outputs["variance"], expected.variance, rtol=1e-4, atol=1e-7)
     if expected.task != "regression":
         np.testing.assert_allclose(outputs["mutual_information"], expected.mutual_information, rtol=1e-4, atol=1e-6)
+
+
+# --- Review regressions: silent wrong answers that are now exact or refused --------
+
+
+def test_a_branch_that_skips_the_dropout_keeps_its_own_moments():
+    # Add(x, Dropout(x)): the dropout's moments must not overwrite its input's.
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Add()([inputs, keras.layers.Dropout(0.5)(inputs)]))
+    x = np.ones((4, 3), "float32")
+    moments = kd.predict_moments(model, x)
+    np.testing.assert_allclose(moments.variance, 1.0, rtol=1e-6)  # Var(x z / 0.5) = 1 for x = 1
+    np.testing.assert_allclose(moments.mean, 2.0, rtol=1e-6)
+
+
+def test_noise_chain_covariance_matches_monte_carlo():
+    # GaussianNoise -> Dense(8) -> alpha / Gaussian / Bernoulli dropout -> Dense(1): the
+    # covariance updates of each noise layer, against 20,000 samples (5 standard errors).
+    for noise in (keras.layers.AlphaDropout(0.2), keras.layers.GaussianDropout(0.3), kd.layers.MCDropout(0.3)):
+        keras.utils.set_random_seed(4)
+        model = keras.Sequential(
+            [keras.Input((5,)), keras.layers.GaussianNoise(0.5), keras.layers.Dense(8), noise, keras.layers.Dense(1)]
+        )
+        x = np.random.default_rng(10).normal(size=(20, 5)).astype("float32")
+        mc = kd.predict_mc(model, x, 20_000, seed=2, return_samples=True, verbose=0)
+        samples = mc.samples[:, :, 0].astype("float64")
+        centred = samples - samples.mean(1, keepdims=True)
+        variance_se = np.sqrt((centred**4).mean(1) - samples.var(1) ** 2) / np.sqrt(samples.shape[1])
+        got = kd.predict_moments(model, x).variance[:, 0]
+        assert np.all(np.abs(got - mc.variance[:, 0]) <= MEAN_SE * variance_se + 1e-6), type(noise).__name__
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: [keras.layers.Embedding(10, 4, mask_zero=True), kd.layers.MCDropout(0.2), keras.layers.GlobalAveragePooling1D()], "masks"),
+        (lambda: [keras.layers.Embedding(10, 4), kd.layers.MCDropout(0.2), keras.layers.Conv1D(2, 2, padding="causal")], "causal"),
+        (lambda: [keras.layers.Embedding(10, 4), kd.layers.MCDropout(0.2), keras.layers.LayerNormalization(rms_scaling=True)], "RMS"),
+        (lambda: [keras.layers.Embedding(10, 4), kd.layers.MCDropout(0.2), keras.layers.Softmax(axis=1)], "last axis"),
+        (lambda: [keras.layers.Embedding(10, 4), kd.layers.MCDropout(0.2), keras.layers.Dense(2, activation=lambda t: t * 2)], "activation"),
+    ],
+)
+def test_what_it_cannot_propagate_exactly_is_refused(build, message):
+    model = keras.Sequential([keras.Input((5,), dtype="int32"), *build()])
+    with pytest.raises(ValueError, match=message):
+        kd.predict_moments(model, np.ones((2, 5), "int32"))
+
+
+def test_a_quantized_dense_is_refused():
+    model = keras.Sequential([keras.Input((4,)), kd.layers.MCDropout(0.2), keras.layers.Dense(3, name="q")])
+    model.quantize("int8")
+    with pytest.raises(ValueError, match="quantized layer 'q'"):
+        kd.predict_moments(model, np.ones((2, 4), "float32"))
+
+
+def test_a_relu_layer_as_an_activation_uses_its_own_rule():
+    keras.utils.set_random_seed(5)
+    model = keras.Sequential(
+        [keras.Input((6,)), kd.layers.MCDropout(0.3), keras.layers.Dense(4, activation=keras.layers.ReLU(max_value=0.3))]
+    )
+    x = np.random.default_rng(11).normal(size=(10, 6)).astype("float32")
+    mc = kd.predict_mc(model, x, 20_000, seed=0, verbose=0)
+    moments = kd.predict_moments(model, x)
+    # Capped ReLU by Gauss-Hermite on a few dropped inputs' sum: close, not exact.
+    assert np.abs(moments.mean - mc.mean).max() < 0.05
+
+
+def test_half_precision_models_propagate_in_float32():
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        keras.utils.set_random_seed(6)
+        model = keras.Sequential(
+            [keras.Input((4,)), keras.layers.Dense(8, activation="relu"), kd.layers.MCDropout(0.2),
+             keras.layers.Dense(8, activation="relu"), keras.layers.LayerNormalization(), keras.layers.Dense(1)]
+        )
+    finally:
+        keras.config.set_dtype_policy("float32")
+    moments = kd.predict_moments(model, np.zeros((3, 4), "float32"))
+    assert np.all(np.isfinite(moments.mean)) and np.all(np.isfinite(moments.variance))

@@ -88,6 +88,16 @@ def _named_statistics(model, per_output_samples, tasks, from_logits):
     return outputs
 
 
+def _moments_signature(model, tasks, from_logits):
+    """The `moments` signature's function: the `mc` outputs by moment propagation."""
+    from keras_dropout.moments import moment_outputs
+
+    def propagated(inputs):
+        return moment_outputs(model, _call_inputs(model, inputs), tasks, from_logits)
+
+    return propagated
+
+
 def _next_version(base_path):
     versions = [int(entry) for entry in os.listdir(base_path) if entry.isdigit()]
     return max(versions, default=0) + 1
@@ -150,6 +160,8 @@ def export(
                 f"Invalid value received for argument `{name}`. Expected an "
                 f"integer >= {low}. Received: {name}={value!r}"
             )
+    if not isinstance(moments, bool):
+        raise ValueError(f"Invalid value received for argument `moments`. Expected a bool. Received: moments={moments!r}")
     if num_samples > max_samples:
         raise ValueError(
             f"Invalid value received for argument `num_samples`. Expected at "
@@ -226,12 +238,7 @@ def export(
         samples = tf.cond(count > 0, sampled, single_pass)
         return _named_statistics(model, samples, tasks, from_logits)
 
-    propagated = None
-    if moments:
-        from keras_dropout.moments import moment_outputs
-
-        def propagated(inputs):
-            return moment_outputs(model, _call_inputs(model, inputs), tasks, from_logits)
+    propagated = _moments_signature(model, tasks, from_logits) if moments else None
 
     with TRACE_LOCK:  # see keras_dropout.mc.TRACE_LOCK
         return _write_export(
