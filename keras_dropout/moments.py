@@ -34,6 +34,7 @@ masks, quantized layers, layers that subclass a known one and compute otherwise)
 """
 
 import contextvars
+import itertools
 import math
 import statistics
 import weakref
@@ -73,6 +74,9 @@ class Moments:
         self.variance = variance
         self.covariance = covariance
         self.logits = logits
+        # For deterministic x under independent Bernoulli dropout: (x, rate), which lets the
+        # next linear layer enumerate drop patterns instead of assuming a Gaussian.
+        self.bernoulli = None
 
     def variance_or_zeros(self):
         return ops.zeros_like(self.mean) if self.variance is None else self.variance
@@ -251,12 +255,25 @@ def _with_diagonal(covariance, variance):
 def _dropout(layer, moments):
     result = scaled_bernoulli(moments, float(layer.rate))
     noise_shape = getattr(layer, "noise_shape", None)
+    independent = noise_shape is None and not isinstance(layer, _SPATIAL_DROPOUT)
+    if independent and moments.variance is None:
+        result.bernoulli = (moments.mean, float(layer.rate))
     shared_last = (noise_shape is not None and noise_shape[-1] == 1) or getattr(layer, "data_format", None) == "channels_first"
     if shared_last:
         # A mask shared along the last axis correlates its entries: the tracked
         # covariance would miss that, so fall back to the (exact) diagonal.
         result.covariance = None
     return result
+
+
+_SPATIAL_DROPOUT = (
+    keras.layers.SpatialDropout1D,
+    keras.layers.SpatialDropout2D,
+    keras.layers.SpatialDropout3D,
+    kd_layers.MCSpatialDropout1D,
+    kd_layers.MCSpatialDropout2D,
+    kd_layers.MCSpatialDropout3D,
+)
 
 
 @rule(keras.layers.GaussianDropout, kd_layers.MCGaussianDropout)
@@ -350,12 +367,89 @@ def _linear(layer, moments, equation):
         mean = mean + ops.cast(layer.bias, mean.dtype)
     if moments.variance is None:
         return activation_moments(layer.activation, Moments(mean))
+    if moments.bernoulli is not None:
+        exact = _dropped_inputs_moments(layer, equation, moments.bernoulli, kernel, mean)
+        if exact is not None:
+            return exact
     covariance = _linear_covariance(equation, moments, kernel)
     if covariance is not None:
         variance = ops.diagonal(covariance, axis1=-2, axis2=-1)
     else:
         variance = ops.einsum(equation, moments.variance, ops.square(kernel))
     return activation_moments(layer.activation, Moments(mean, variance, covariance))
+
+
+# Drop patterns enumerated (at most this many dropped inputs), when the patterns left out
+# hold at most DROP_PATTERN_RESIDUAL of the probability and the tensors stay small.
+MAX_DROPPED_INPUTS = 4
+DROP_PATTERN_RESIDUAL = 1e-3
+DROP_PATTERN_ENTRIES_PER_ROW = 2**16
+
+
+def _dropped_inputs_moments(layer, equation, bernoulli, kernel, mean):
+    """Exact moments of `activation(einsum(x * z / q, W) + b)` for deterministic x, z ~ Bernoulli(q).
+
+    The pre-activation is a mixture over drop patterns, not a Gaussian (a few dropped inputs
+    at a low rate: UCI's input dropout). Patterns with up to MAX_DROPPED_INPUTS drops are
+    enumerated when the rest are negligible; the activation's mean, variance and (when
+    tracked) covariance are then exact mixture moments. Returns None where this does not
+    apply (the Gaussian rules take over).
+    """
+    x, rate = bernoulli
+    activation = layer.activation
+    elementwise = activation is keras.activations.relu or any(activation is f for f in _ELEMENTWISE_ACTIVATIONS)
+    inputs, rest = equation.replace(" ", "").split(",")
+    kernel_letters, outputs = rest.split("->")
+    reduced = inputs[-1]
+    n = x.shape[-1]
+    if not (elementwise or activation is keras.activations.linear) or n is None or rate <= 0:
+        return None
+    if set(inputs) - set(outputs) != {reduced} or "." in equation:
+        return None
+    keep = 1.0 - rate
+    drops, mass = 0, keep**n
+    while 1.0 - mass > DROP_PATTERN_RESIDUAL and drops < min(n, MAX_DROPPED_INPUTS):
+        drops += 1
+        mass += math.comb(n, drops) * rate**drops * keep ** (n - drops)
+    if 1.0 - mass > DROP_PATTERN_RESIDUAL:
+        return None
+    patterns = [np.zeros(n, "float32")]
+    weights = [keep**n]
+    for count in range(1, drops + 1):
+        for dropped in itertools.combinations(range(n), count):
+            pattern = np.zeros(n, "float32")
+            pattern[list(dropped)] = 1.0
+            patterns.append(pattern)
+            weights.append(rate**count * keep ** (n - count))
+    inner = tuple(mean.shape[1:])
+    if None in inner or len(patterns) * math.prod(inner) > DROP_PATTERN_ENTRIES_PER_ROW:
+        return None
+    dtype = mean.dtype
+    patterns = ops.cast(np.stack(patterns), dtype)  # (P, n)
+    weights = ops.cast(np.asarray(weights) / np.sum(weights), dtype)  # (P,), renormalised
+    # Each input's contribution to each unit, then the pre-activation of every pattern.
+    contributions = ops.einsum(f"{inputs},{kernel_letters}->{outputs[:-1]}{reduced}{outputs[-1]}", x, kernel)
+    full = ops.sum(contributions, axis=-2)  # (..., units)
+    pattern = next(c for c in "pqrstuvwxyz" if c not in equation)
+    dropped = ops.einsum(
+        f"{pattern}{reduced},{outputs[:-1]}{reduced}{outputs[-1]}->{outputs[:-1]}{pattern}{outputs[-1]}",
+        patterns,
+        contributions,
+    )
+    offset = mean - full  # the bias, broadcast as the layer adds it
+    values = ops.expand_dims(full, -2) - dropped
+    values = activation(values / keep + ops.expand_dims(offset, -2))  # (..., P, units)
+    shape = (1,) * (len(values.shape) - 2) + (-1, 1)
+    weighted = values * ops.reshape(weights, shape)
+    result_mean = ops.sum(weighted, axis=-2)
+    variance = ops.maximum(ops.sum(weighted * values, axis=-2) - ops.square(result_mean), 0.0)
+    covariance = None
+    units = values.shape[-1]
+    if units is not None and units <= _covariance_units.get() and math.prod(inner[:-1] or (1,)) * units**2 <= COVARIANCE_ENTRIES_PER_ROW:
+        second = ops.einsum("...pa,...pb->...ab", weighted, values)
+        covariance = second - ops.expand_dims(result_mean, -1) * ops.expand_dims(result_mean, -2)
+        covariance = _with_diagonal(covariance, variance)
+    return Moments(result_mean, variance, covariance)
 
 
 def _linear_covariance(equation, moments, kernel):
