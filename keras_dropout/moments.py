@@ -18,7 +18,10 @@ The approximations, stated once:
   positions, which share its mask, is not tracked.
 - Gaussian entries before nonlinearities: ReLU uses the exact moments of a rectified Gaussian;
   other elementwise activations use 32-point Gauss-Hermite quadrature of the Gaussian. A
-  pre-activation made of a few dropped inputs is a mixture, not a Gaussian: biased there.
+  pre-activation made of a few dropped inputs is a mixture, not a Gaussian: where Bernoulli
+  dropout meets deterministic inputs right before a dense layer, its drop patterns are
+  enumerated instead (exact; up to 4 dropped inputs, when the rest are negligible and the
+  tensors small), else the Gaussian is biased there.
 - LayerNormalization normalises by the statistics of the mean (plus the average variance),
   treated as constants.
 - Classification: the logits' Gaussian (mean, diagonal variance) is sampled (256 common random
@@ -28,9 +31,11 @@ The approximations, stated once:
   entropies; sampling the logits alone gives all of them consistently.
 - Half-precision models propagate in float32.
 
-What has no rule (max pooling, RNNs, attention, depthwise/separable/transposed convolutions,
-masks, quantized layers, layers that subclass a known one and compute otherwise) is a
-`ValueError` naming the layer.
+- MaxPooling: Clark's moments of the max of two Gaussians, folded over the window (partial
+  maxima taken as Gaussian, entries independent).
+
+What has no rule (RNNs, attention, transposed convolutions, masks, quantized layers, layers that
+subclass a known one and compute otherwise) is a `ValueError` naming the layer.
 """
 
 import contextvars
@@ -495,6 +500,42 @@ def _conv(layer, moments):
     return activation_moments(layer.activation, Moments(mean, variance))
 
 
+@rule(keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
+def _depthwise_conv(layer, moments):
+    # Each output channel reads one input channel: exact for independent inputs.
+    def convolve(x, kernel):
+        return ops.depthwise_conv(
+            x, kernel, strides=layer.strides, padding=layer.padding,
+            dilation_rate=layer.dilation_rate, data_format=layer.data_format,
+        )
+
+    return _convolution(layer, moments, convolve, [layer.kernel])
+
+
+@rule(keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
+def _separable_conv(layer, moments):
+    # Depthwise then pointwise: the depthwise outputs at one position come from different
+    # input channels, so they are independent too, and the variance is exact.
+    def convolve(x, depthwise, pointwise):
+        return ops.separable_conv(
+            x, depthwise, pointwise, strides=layer.strides, padding=layer.padding,
+            dilation_rate=layer.dilation_rate, data_format=layer.data_format,
+        )
+
+    return _convolution(layer, moments, convolve, [layer.depthwise_kernel, layer.pointwise_kernel])
+
+
+def _convolution(layer, moments, convolve, kernels):
+    if layer.padding == "causal":
+        raise ValueError(f"predict_moments does not propagate causal convolution '{layer.name}' yet. Use kd.predict_mc.")
+    kernels = [ops.cast(kernel, moments.mean.dtype) for kernel in kernels]
+    mean = convolve(moments.mean, *kernels)
+    variance = convolve(moments.variance_or_zeros(), *[ops.square(kernel) for kernel in kernels])
+    if layer.use_bias:
+        mean = mean + _channel_broadcast(ops.cast(layer.bias, mean.dtype), layer.data_format, ops.ndim(mean))
+    return activation_moments(layer.activation, Moments(mean, variance))
+
+
 def _channel_broadcast(vector, data_format, ndim):
     if data_format == "channels_first":
         return ops.reshape(vector, (1, -1) + (1,) * (ndim - 2))
@@ -701,6 +742,49 @@ def _average_pooling(layer, moments):
     # The mean of k independent entries: variance / k (exact away from padded borders).
     window = math.prod(layer.pool_size)
     return Moments(layer(moments.mean), layer(moments.variance_or_zeros()) / window)
+
+
+@rule(keras.layers.MaxPooling1D, keras.layers.MaxPooling2D, keras.layers.MaxPooling3D)
+def _max_pooling(layer, moments):
+    # Clark's (1961) moments of the max of two Gaussians, folded over the window's entries
+    # (each partial max taken as Gaussian again; entries independent): an approximation.
+    ndim = len(moments.mean.shape)
+    spatial = list(range(1, ndim - 1)) if layer.data_format == "channels_last" else list(range(2, ndim))
+    sizes = [moments.mean.shape[axis] for axis in spatial]
+    if None in sizes:
+        raise ValueError(f"predict_moments max-pools fixed spatial sizes only; '{layer.name}' sees {sizes}.")
+    pool, strides = tuple(layer.pool_size), tuple(layer.strides)
+    mean, variance = moments.mean, moments.variance_or_zeros()
+    if layer.padding == "same":
+        outputs = [math.ceil(size / stride) for size, stride in zip(sizes, strides)]
+        pads = [max((out - 1) * stride + k - size, 0) for out, stride, k, size in zip(outputs, strides, pool, sizes)]
+        widths = [(0, 0)] * ndim
+        for axis, pad in zip(spatial, pads):
+            widths[axis] = (pad // 2, pad - pad // 2)
+        # Padded entries never win: a very low mean, no variance.
+        mean = ops.pad(mean, widths, constant_values=-1e9)
+        variance = ops.pad(variance, widths)
+        sizes = [size + pad for size, pad in zip(sizes, pads)]
+    outputs = [(size - k) // stride + 1 for size, k, stride in zip(sizes, pool, strides)]
+    best = None
+    for offset in itertools.product(*[range(k) for k in pool]):
+        index = [slice(None)] * ndim
+        for axis, start, stride, out in zip(spatial, offset, strides, outputs):
+            index[axis] = slice(start, start + stride * (out - 1) + 1, stride)
+        entry = (mean[tuple(index)], variance[tuple(index)])
+        best = entry if best is None else _clark_max(best, entry)
+    return Moments(best[0], ops.maximum(best[1], 0.0))
+
+
+def _clark_max(first, second):
+    (m1, v1), (m2, v2) = first, second
+    a = ops.sqrt(ops.maximum(v1 + v2, 1e-12))
+    alpha = (m1 - m2) / a
+    cdf = 0.5 * (1.0 + ops.erf(alpha / math.sqrt(2.0)))
+    pdf = ops.exp(-0.5 * ops.square(alpha)) / math.sqrt(2.0 * math.pi)
+    mean = m1 * cdf + m2 * (1.0 - cdf) + a * pdf
+    second_moment = (ops.square(m1) + v1) * cdf + (ops.square(m2) + v2) * (1.0 - cdf) + (m1 + m2) * a * pdf
+    return mean, second_moment - ops.square(mean)
 
 
 @rule(
