@@ -192,12 +192,7 @@ def predict_mc(
     _validate_tau(tau)
     levels = tuple(float(level) for level in interval_levels)
     seed_words = _seed_words(np.random.randint(2**31) if seed is None else seed)
-    batches = list(_input_batches(model, x))
-    if not batches or max(_num_rows(b) for b in batches) == 0:
-        raise ValueError(
-            "Invalid value received for argument `x`. Expected at least one "
-            "row. Received: no rows."
-        )
+    batches = input_batches(model, x)
     row_words = _row_words(row_ids, sum(_num_rows(b) for b in batches))
     _samplable_model(model, batches[0])
     tasks = _output_tasks(model, task, from_logits)
@@ -207,17 +202,7 @@ def predict_mc(
     rows_per_call = full_call_rows(num_samples, chunk_size)
     if batch_size is not None:
         rows_per_call = min(rows_per_call, batch_size)
-    largest_batch = max(_num_rows(b) for b in batches)
-    capacity = rows_per_call
-    # Padding rows are run (and sampled) and thrown away, so split the rows
-    # into equal calls instead of full ones plus a padded remainder (256 rows
-    # at 163 a call ran 326). Masks depend on the row id only, not on the
-    # padded size, so neither this nor the bucketing below changes a result.
-    rows_per_call = math.ceil(largest_batch / math.ceil(largest_batch / rows_per_call))
-    # Compiled calls see bucketed shapes: rows pad up to a power of two (at most
-    # `capacity`, the memory bound), so a new batch size reuses a compiled
-    # function instead of retracing (XLA and JAX compile per shape).
-    padded_rows = min(capacity, 1 << (rows_per_call - 1).bit_length())
+    rows_per_call, padded_rows = call_layout(max(_num_rows(b) for b in batches), rows_per_call)
     calls_per_chunk = math.ceil(num_samples / samples_per_call)
     total_calls = sum(math.ceil(_num_rows(b) / rows_per_call) for b in batches) * calls_per_chunk
     progress = _progress_bar(verbose, total_calls)
@@ -384,6 +369,20 @@ def _validate_seed(seed, name="seed"):
 def full_call_rows(num_samples, chunk_size):
     """The rows of one full model call of `predict_mc`: its `chunk_size` memory bound."""
     return max(1, chunk_size // min(num_samples, chunk_size))
+
+
+def call_layout(largest_batch, capacity):
+    """`(rows per call, padded rows per call)` for batches of up to `largest_batch` rows.
+
+    Padding rows are run and thrown away, so the rows split into equal calls
+    instead of full ones plus a padded remainder (256 rows at 163 a call ran
+    326). Compiled calls see bucketed shapes: rows pad up to a power of two (at
+    most `capacity`, the memory bound), so a new batch size reuses a compiled
+    function instead of retracing (XLA and JAX compile per shape). Masks depend
+    on the row id only, not on the padded size, so neither changes a result.
+    """
+    rows_per_call = math.ceil(largest_batch / math.ceil(largest_batch / capacity))
+    return rows_per_call, min(capacity, 1 << (rows_per_call - 1).bit_length())
 
 
 def _seed_words(seed):
@@ -757,6 +756,17 @@ def _pad_rows(array, rows):
         return array
     # Repeat the last row: padding with zeros could hit log(0) or a NaN check.
     return np.concatenate([array, np.repeat(array[-1:], missing, axis=0)], axis=0)
+
+
+def input_batches(model, x):
+    """The validated NumPy input batches of `x` (one, or a Dataset's); at least one row."""
+    batches = list(_input_batches(model, x))
+    if not batches or max(_num_rows(b) for b in batches) == 0:
+        raise ValueError(
+            "Invalid value received for argument `x`. Expected at least one "
+            "row. Received: no rows."
+        )
+    return batches
 
 
 def _input_batches(model, x):

@@ -681,9 +681,13 @@ def logit_samples(moments, num_samples, seed=0):
         raise ValueError(
             f"predict_moments draws the logits of a fixed shape; these have shape {shape}. Use kd.predict_mc."
         )
-    noise = np.random.default_rng(seed).standard_normal((num_samples, 1) + shape).astype("float32")
-    noise = ops.cast(noise, moments.mean.dtype)
+    noise = ops.cast(logit_noise(num_samples, shape, seed)[:, None], moments.mean.dtype)
     return moments.mean[None] + noise * ops.sqrt(ops.maximum(moments.variance_or_zeros(), 0.0))[None]
+
+
+def logit_noise(num_samples, shape, seed=0):
+    """The standard normal draws shared by every row: `(num_samples,) + shape`, float32."""
+    return np.random.default_rng(seed).standard_normal((num_samples,) + tuple(shape)).astype("float32")
 
 
 def _name(function):
@@ -877,19 +881,12 @@ def predict_moments(model, x, *, batch_size=None, task="auto", from_logits=False
         )
     covariance_units = FULL_COVARIANCE_UNITS if covariance == "auto" else 0
     rows_per_call = DEFAULT_BATCH_ROWS if batch_size is None else mc._validate_positive_int(batch_size, "batch_size")
-    batches = list(mc._input_batches(model, x))
-    if not batches or max(mc._num_rows(b) for b in batches) == 0:
-        raise ValueError("Invalid value received for argument `x`. Expected at least one row. Received: no rows.")
+    batches = mc.input_batches(model, x)
     mc._samplable_model(model, batches[0])
     tasks = mc._output_tasks(model, task, from_logits)
     from_output_logits = tuple(t != "regression" and not from_logits for t in tasks)
     propagator = _compiled_propagator(model, from_output_logits, covariance_units)
-    largest = max(mc._num_rows(b) for b in batches)
-    capacity = rows_per_call
-    # As predict_mc: equal calls, padded to a power of two (new batch sizes reuse compiled
-    # functions) but never beyond batch_size.
-    rows_per_call = math.ceil(largest / math.ceil(largest / rows_per_call))
-    padded_rows = min(capacity, 1 << (rows_per_call - 1).bit_length())
+    rows_per_call, padded_rows = mc.call_layout(max(mc._num_rows(b) for b in batches), rows_per_call)
     means = [[] for _ in tasks]
     variances = [[] for _ in tasks]
     for batch in batches:
@@ -952,7 +949,7 @@ def _classification_from_logits(task, mean, variance):
     # No sample quantiles (MomentPrediction's intervals are Gaussian): sorting the draws of
     # every row was most of the cost.
     accumulator = mc._Accumulator(task, None, (), False, from_logits=True)
-    noise = np.random.default_rng(0).standard_normal((LOGIT_SAMPLES,) + mean.shape[1:]).astype(mean.dtype)
+    noise = logit_noise(LOGIT_SAMPLES, mean.shape[1:]).astype(mean.dtype)
     rows_per_block = max(1, 2**22 // noise.size)
     for start in range(0, len(mean), rows_per_block):
         m, v = mean[start : start + rows_per_block], variance[start : start + rows_per_block]

@@ -121,11 +121,7 @@ class MCModelHandler(ModelHandler):
                 "Invalid value received for argument `outputs`. Expected names "
                 f"from {list(STATISTICS)}. Received: outputs={outputs!r}"
             )
-        if task not in ("auto", "regression", "classification"):
-            raise ValueError(
-                "Invalid value received for argument `task`. Expected 'auto', "
-                f"'regression' or 'classification'. Received: task={task!r}"
-            )
+        mc._validate_task(task)
         if not (isinstance(interval_level, numbers.Real) and 0 < interval_level < 1):
             raise ValueError(
                 "Invalid value received for argument `interval_level`. Expected "

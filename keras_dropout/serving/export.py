@@ -32,6 +32,7 @@ from keras_dropout import _keras_internals
 from keras_dropout import uncertainty
 from keras_dropout.mc import _output_tasks
 from keras_dropout.mc import _samplable_model
+from keras_dropout.mc import _validate_task
 from keras_dropout.mc import output_names
 from keras_dropout.mc import TRACE_LOCK
 from keras_dropout.mc import sample_chunk
@@ -167,11 +168,7 @@ def export(
             f"Invalid value received for argument `num_samples`. Expected at "
             f"most max_samples={max_samples}. Received: num_samples={num_samples}"
         )
-    if task not in ("auto", "regression", "classification"):
-        raise ValueError(
-            "Invalid value received for argument `task`. Expected 'auto', "
-            f"'regression' or 'classification'. Received: task={task!r}"
-        )
+    _validate_task(task)
     if version is not None and (
         isinstance(version, bool) or not isinstance(version, (int, np.integer)) or version < 0
     ):
