@@ -16,9 +16,17 @@ sum of per-split losses, so each split is trained exactly as if alone, with
 from `kd.predict_mc`, the log-likelihood from
 `kd.metrics.gaussian_mixture_log_likelihood`.
 
+`--heteroscedastic` also trains, on the same splits, the same network with a
+learned noise: a mean and a softplus variance per split (a stock two-output
+model read through `predict_mc(..., variance_output="variance",
+variance_kind="variance")`), trained with `kd.losses.gaussian_nll` (same
+epochs, dropout and weight decay), and reports its RMSE and test LL (the
+mixture of the samples' predicted Gaussians) beside the fixed-tau protocol.
+
 Usage:
     python benchmarks/uci.py --data-dir ../shared/data/uci
     python benchmarks/uci.py --datasets yacht,energy,concrete --splits 5
+    python benchmarks/uci.py --heteroscedastic --splits 5
 """
 
 import argparse
@@ -93,8 +101,13 @@ def _glorot_per_split(fan_in, fan_out):
     return keras.initializers.RandomUniform(-limit, limit)
 
 
-def build_model(num_splits, num_features, num_hidden, rate, weight_decay):
-    """Gal's network, one independent copy per split along axis 1."""
+def build_model(num_splits, num_features, num_hidden, rate, weight_decay, heteroscedastic=False):
+    """Gal's network, one independent copy per split along axis 1.
+
+    `heteroscedastic=True`: two outputs per split, returned as the training
+    model (`(rows, splits, 2)`: mean, variance) and the two-output model
+    `{"mean", "variance"}` that `predict_mc` reads with `variance_output`.
+    """
     inputs = keras.Input((num_splits, num_features))
     h = kd.layers.MCDropout(rate)(inputs)
     h = keras.layers.EinsumDense(
@@ -106,20 +119,30 @@ def build_model(num_splits, num_features, num_hidden, rate, weight_decay):
         kernel_regularizer=keras.regularizers.L2(weight_decay),
     )(h)
     h = kd.layers.MCDropout(rate)(h)
+    units = 2 if heteroscedastic else 1
     outputs = keras.layers.EinsumDense(
         "bsh,sho->bso",
-        output_shape=(num_splits, 1),
+        output_shape=(num_splits, units),
         bias_axes="so",
-        kernel_initializer=_glorot_per_split(num_hidden, 1),
+        kernel_initializer=_glorot_per_split(num_hidden, units),
         kernel_regularizer=keras.regularizers.L2(weight_decay),
     )(h)
-    return keras.Model(inputs, outputs)
+    if not heteroscedastic:
+        return keras.Model(inputs, outputs)
+    mean = outputs[..., :1]
+    variance = keras.ops.softplus(outputs[..., 1:]) + 1e-6
+    training = keras.Model(inputs, keras.ops.concatenate([mean, variance], axis=-1))
+    return training, keras.Model(inputs, {"mean": mean, "variance": variance})
 
 
 def _sum_of_split_mse(y_true, y_pred):
     # Sum over splits, mean over rows: each split's gradient is what it
     # would be if it were trained alone.
     return keras.ops.sum(keras.ops.mean(keras.ops.square(y_true - y_pred), axis=0))
+
+
+def _sum_of_split_nll(y_true, y_pred):
+    return keras.ops.sum(keras.ops.mean(kd.losses.gaussian_nll(y_true, y_pred), axis=0))
 
 
 def _epochs_as_one_stream(x, y, epochs, seed):
@@ -136,7 +159,7 @@ def _epochs_as_one_stream(x, y, epochs, seed):
     return dataset.batch(32).repeat(epochs).prefetch(tf.data.AUTOTUNE)
 
 
-def train_dataset(name, data_dir, num_splits, epochs_scale, seed):
+def train_dataset(name, data_dir, num_splits, epochs_scale, seed, heteroscedastic=False):
     """Trains Gal's network on the splits of a data set (side by side).
 
     Returns:
@@ -154,9 +177,12 @@ def train_dataset(name, data_dir, num_splits, epochs_scale, seed):
     weight_decay = lengthscale**2 * (1 - rate) / (2.0 * n_train * tau)
 
     keras.utils.set_random_seed(seed)
-    model = build_model(len(splits), x_train.shape[-1], num_hidden, rate, weight_decay)
-    model.compile(optimizer="adam", loss=_sum_of_split_mse, steps_per_execution=64, jit_compile=True)
-    model.fit(_epochs_as_one_stream(x_train, y_train, epochs, seed), shuffle=False, verbose=0)
+    model = build_model(len(splits), x_train.shape[-1], num_hidden, rate, weight_decay, heteroscedastic)
+    training, loss = model, _sum_of_split_mse
+    if heteroscedastic:
+        (training, model), loss = model, _sum_of_split_nll
+    training.compile(optimizer="adam", loss=loss, steps_per_execution=64, jit_compile=True)
+    training.fit(_epochs_as_one_stream(x_train, y_train, epochs, seed), shuffle=False, verbose=0)
     return model, x_test, y_test, y_stats, tau, epochs
 
 
@@ -173,6 +199,31 @@ def run_dataset(name, data_dir, num_splits, num_mc_samples, epochs_scale, seed):
         ll = kd.metrics.gaussian_mixture_log_likelihood(y_test[:, s], samples, tau)
         lls.append(float(np.mean(ll)))
     return np.array(rmses), np.array(lls), epochs
+
+
+def run_heteroscedastic(name, data_dir, num_splits, num_mc_samples, epochs_scale, seed):
+    """RMSE and test LL per split of the learned-noise network."""
+    model, x_test, y_test, y_stats, _, _ = train_dataset(
+        name, data_dir, num_splits, epochs_scale, seed, heteroscedastic=True
+    )
+    prediction = kd.predict_mc(
+        model,
+        x_test,
+        num_samples=num_mc_samples,
+        seed=seed,
+        return_samples=True,
+        verbose=0,
+        variance_output="variance",
+        variance_kind="variance",
+    )
+    rmses, lls = [], []
+    for s, (y_mean, y_std) in enumerate(y_stats):
+        means = prediction.samples[:, :, s, 0] * y_std + y_mean
+        variances = prediction.sample_variances[:, :, s, 0] * y_std**2
+        rmses.append(float(np.sqrt(np.mean((y_test[:, s] - means.mean(axis=1)) ** 2))))
+        ll = kd.metrics.gaussian_mixture_log_likelihood(y_test[:, s], means, variances=variances)
+        lls.append(float(np.mean(ll)))
+    return np.array(rmses), np.array(lls)
 
 
 def _mean_se(values):
@@ -197,6 +248,11 @@ def main(argv=None):
     parser.add_argument("--epochs-scale", type=float, default=1.0, help="multiply the protocol's epochs (for smoke runs)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default="uci_results.md")
+    parser.add_argument(
+        "--heteroscedastic",
+        action="store_true",
+        help="also train a learned-noise (mean + variance) network and report its RMSE and LL beside the fixed tau",
+    )
     args = parser.parse_args(argv)
 
     names = [n.strip() for n in args.datasets.split(",") if n.strip()]
@@ -208,6 +264,11 @@ def main(argv=None):
         "| data set | splits | epochs | RMSE (ours) | RMSE (paper) | LL (ours) | LL (paper) | RMSE ok | LL ok | time |\n"
         "|---|---|---|---|---|---|---|---|---|---|"
     )
+    if args.heteroscedastic:
+        header = (
+            "| data set | splits | epochs | RMSE fixed tau | LL fixed tau | RMSE learned noise | LL learned noise "
+            "| LL difference | LL (paper) | time |\n|---|---|---|---|---|---|---|---|---|---|"
+        )
     rows = []
     print(header, flush=True)
     for name in names:
@@ -217,6 +278,22 @@ def main(argv=None):
         ll, ll_se = _mean_se(lls)
         paper = PAPER[name][4:]
         rmse_ok, ll_ok = verdict(rmse, rmse_se, ll, ll_se, paper)
+        if args.heteroscedastic:
+            h_rmses, h_lls = run_heteroscedastic(
+                name, args.data_dir, args.splits, args.samples, args.epochs_scale, args.seed
+            )
+            h_rmse, h_rmse_se = _mean_se(h_rmses)
+            h_ll, h_ll_se = _mean_se(h_lls)
+            difference, difference_se = _mean_se(h_lls - lls)  # paired: same splits
+            row = (
+                f"| {name} | {len(rmses)} | {epochs} | {rmse:.3f} ± {rmse_se:.3f} | {ll:.3f} ± {ll_se:.3f} "
+                f"| {h_rmse:.3f} ± {h_rmse_se:.3f} | {h_ll:.3f} ± {h_ll_se:.3f} "
+                f"| {difference:+.3f} ± {difference_se:.3f} | {paper[2]:.2f} ± {paper[3]:.2f} "
+                f"| {time.time() - start:.0f} s |"
+            )
+            rows.append(row)
+            print(row, flush=True)
+            continue
         row = (
             f"| {name} | {len(rmses)} | {epochs} | {rmse:.3f} ± {rmse_se:.3f} | {paper[0]:.2f} ± {paper[1]:.2f} "
             f"| {ll:.3f} ± {ll_se:.3f} | {paper[2]:.2f} ± {paper[3]:.2f} | {'yes' if rmse_ok else 'NO'} "
@@ -226,8 +303,9 @@ def main(argv=None):
         print(row, flush=True)
     with open(args.output, "w") as handle:
         handle.write(
-            "MC dropout on UCI regression (Gal & Ghahramani 2016, Table 1 protocol). "
-            "Mean ± standard error (ddof=1) over splits; T = "
+            "MC dropout on UCI regression (Gal & Ghahramani 2016, Table 1 protocol"
+            + ("; beside it the same network with a learned noise variance, trained by Gaussian NLL" if args.heteroscedastic else "")
+            + "). Mean ± standard error (ddof=1) over splits; T = "
             f"{args.samples} samples.\n\n{header}\n" + "\n".join(rows) + "\n"
         )
     print(f"table written to {args.output}")

@@ -8,8 +8,9 @@
     mc_model = kd.convert(stock_model)  # swap stock Keras dropout layers
 
 `import keras_dropout` is cheap: the names below load on first use (PEP 562), so the CLI answers
-`--help` without importing Keras or TensorFlow. When Keras is already imported, the layers are
-registered at once, so `keras.saving.load_model` finds them after a bare `import keras_dropout`.
+`--help` without importing Keras or TensorFlow. When Keras is already imported, the layers and
+losses are registered at once, so `keras.saving.load_model` finds them after a bare
+`import keras_dropout`.
 """
 
 import importlib
@@ -23,6 +24,7 @@ lazy_package(
     __name__,
     {
         "layers": ("keras_dropout.layers", None),
+        "losses": ("keras_dropout.losses", None),
         "masks": ("keras_dropout.masks", None),
         "metrics": ("keras_dropout.metrics", None),
         "uncertainty": ("keras_dropout.uncertainty", None),
@@ -39,5 +41,6 @@ lazy_package(
 )
 
 if sys.modules.get("keras") is not None:
-    # Keras is loaded anyway: register the layers' classes for deserialization now.
+    # Keras is loaded anyway: register the layers' and losses' classes for deserialization now.
     importlib.import_module("keras_dropout.layers")
+    importlib.import_module("keras_dropout.losses")

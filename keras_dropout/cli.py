@@ -18,21 +18,28 @@ def _export(args):
     import keras
 
     import keras_dropout.layers  # noqa: F401  (registers the layers a .keras file may hold)
+    import keras_dropout.losses  # noqa: F401  (and the loss of a compiled one)
     from keras_dropout.serving.export import export
 
     model = keras.saving.load_model(args.model)
-    path = export(
-        model,
-        args.base_path,
-        version=args.version,
-        num_samples=args.num_samples,
-        max_samples=args.max_samples,
-        task=args.task,
-        from_logits=args.from_logits,
-        warmup=not args.no_warmup,
-        batching=args.batching,
-        moments=args.moments,
-    )
+    try:
+        path = export(
+            model,
+            args.base_path,
+            version=args.version,
+            num_samples=args.num_samples,
+            max_samples=args.max_samples,
+            task=args.task,
+            from_logits=args.from_logits,
+            warmup=not args.no_warmup,
+            batching=args.batching,
+            moments=args.moments,
+            variance_output=args.variance_output,
+            variance_kind=args.variance_kind,
+        )
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(path)
     return 0
 
@@ -105,6 +112,8 @@ def _score(args, pipeline_args):
             min_batch_size=args.min_batch_size,
             max_batch_size=args.max_batch_size,
             pipeline_args=pipeline_args,
+            variance_output=args.variance_output,
+            variance_kind=args.variance_kind,
         )
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -133,6 +142,15 @@ def _version() -> str:
         return "unknown"
 
 
+def _add_variance_arguments(parser):
+    parser.add_argument(
+        "--variance_output",
+        default=None,
+        help="output holding the other output's (log-)variance (two-output models; a GaussianHead needs none)",
+    )
+    parser.add_argument("--variance_kind", choices=("log", "variance"), default=None, help="default with --variance_output: log")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="keras-dropout",
@@ -157,6 +175,7 @@ def build_parser():
     export.add_argument("--batching", action="store_true", help="leave mc_sample out (for --enable_batching)")
     export.add_argument("--no-warmup", action="store_true", help="do not write assets.extra warmup requests")
     export.add_argument("--moments", action="store_true", help="add a `moments` signature (one pass, no sampling)")
+    _add_variance_arguments(export)
     export.set_defaults(run=_export)
 
     check = commands.add_parser("check", help="report what TF Serving would trip on in a SavedModel")
@@ -211,6 +230,7 @@ def build_parser():
     score.add_argument("--num_shards", type=int, default=0, help="output shards; 0: the runner decides")
     score.add_argument("--min_batch_size", type=int, default=None, help="examples per predict_mc call, at least")
     score.add_argument("--max_batch_size", type=int, default=None, help="examples per predict_mc call, at most")
+    _add_variance_arguments(score)
     score.set_defaults(run=_score)
     return parser
 

@@ -15,6 +15,8 @@ from keras import tree
 from keras_dropout import _keras_internals as internals
 from keras_dropout import masks
 from keras_dropout import uncertainty
+from keras_dropout.heads import output_names  # noqa: F401  (part of mc's interface)
+from keras_dropout.heads import prediction_heads
 from keras_dropout.sites import stochastic_sites
 from keras_dropout.vectorize import sample_outputs
 
@@ -38,9 +40,18 @@ class MCPrediction:
         mean: predictive mean over samples (probabilities for classifiers,
             averaged per sample, never logits).
         variance: variance over samples (ddof=0), plus `1 / tau` when `tau`
-            was given.
+            was given. For a Gaussian output (`kd.layers.GaussianHead`, or
+            `variance_output=`): `aleatoric_variance + epistemic_variance`
+            (+ `1 / tau` when given).
         stddev: `sqrt(variance)`.
-        samples: `(batch, samples, ...)` when `return_samples=True`, else None.
+        aleatoric_variance: Gaussian outputs only: the mean over samples of
+            the predicted variances (the data's noise).
+        epistemic_variance: regression only: the variance over samples of the
+            predicted means (the model's uncertainty), without `1 / tau`.
+        samples: `(batch, samples, ...)` when `return_samples=True`, else None
+            (the predicted means of a Gaussian output).
+        sample_variances: with `return_samples=True`, a Gaussian output's
+            predicted variances, shaped like `samples`; else None.
         task: "regression", "classification" or "multilabel" (binary
             classification with one sigmoid unit counts as multilabel).
         predictive_entropy, expected_entropy, mutual_information,
@@ -48,11 +59,15 @@ class MCPrediction:
             them on a regression prediction raises `ValueError`.
     """
 
-    def __init__(self, task, mean, variance, samples=None, intervals=None, measures=None):
+    def __init__(
+        self, task, mean, variance, samples=None, intervals=None, measures=None, sample_variances=None, tau=None
+    ):
         self.task = task
         self.mean = mean
         self.variance = variance
         self.samples = samples
+        self.sample_variances = sample_variances
+        self._tau = tau
         self._intervals = dict(intervals or {})
         self._measures = dict(measures or {})
 
@@ -60,16 +75,48 @@ class MCPrediction:
     def stddev(self):
         return np.sqrt(self.variance)
 
-    def interval(self, level=0.95):
-        """Empirical central interval `(lower, upper)` of the samples.
+    @property
+    def aleatoric_variance(self):
+        if "aleatoric_variance" not in self._measures:
+            if self.task != "regression":
+                raise ValueError(
+                    "`aleatoric_variance` belongs to Gaussian regression outputs; for a classifier "
+                    "the aleatoric part is `expected_entropy`."
+                )
+            raise ValueError(
+                "This output predicts no variance of its own, so it has no aleatoric variance (with "
+                "tau= the noise variance is the constant 1 / tau). End the model in "
+                "kd.layers.GaussianHead, or pass variance_output= naming the output that holds the "
+                "(log-)variance."
+            )
+        return self._measures["aleatoric_variance"]
 
-        Available for the levels passed as `interval_levels=` to
-        `predict_mc`, or for any level when `return_samples=True`.
+    @property
+    def epistemic_variance(self):
+        if "epistemic_variance" not in self._measures:
+            raise ValueError(
+                "`epistemic_variance` belongs to regression outputs; for a classifier the epistemic "
+                "part is `mutual_information`."
+            )
+        return self._measures["epistemic_variance"]
+
+    def interval(self, level=0.95):
+        """Central interval `(lower, upper)` of the predictive distribution.
+
+        Empirical quantiles of the samples; for a Gaussian output, the
+        quantiles of the mixture of the samples' Gaussians. Available for
+        the levels passed as `interval_levels=` to `predict_mc`, or for any
+        level when `return_samples=True`.
         """
         if float(level) in self._intervals:
             return self._intervals[float(level)]
         if self.samples is not None:
-            lower, upper = uncertainty.quantile_interval(self.samples, level)
+            if self.sample_variances is not None:
+                lower, upper = uncertainty.gaussian_mixture_interval(
+                    self.samples, self.sample_variances, level, tau=self._tau
+                )
+            else:
+                lower, upper = uncertainty.quantile_interval(self.samples, level)
             return ops.convert_to_numpy(lower), ops.convert_to_numpy(upper)
         raise ValueError(
             f"No interval at level={level!r}: predict_mc computed the levels "
@@ -93,8 +140,9 @@ class MCPrediction:
     variation_ratio = property(lambda self: self._measure("variation_ratio"))
 
     def __repr__(self):
+        gaussian = ", gaussian=True" if "aleatoric_variance" in self._measures else ""
         return (
-            f"MCPrediction(task={self.task!r}, mean.shape={self.mean.shape}, "
+            f"MCPrediction(task={self.task!r}{gaussian}, mean.shape={self.mean.shape}, "
             f"samples={'None' if self.samples is None else self.samples.shape})"
         )
 
@@ -115,6 +163,8 @@ def predict_mc(
     verbose="auto",
     chunk_size=DEFAULT_CHUNK_SIZE,
     row_ids=None,
+    variance_output=None,
+    variance_kind=None,
 ):
     """Monte Carlo dropout predictions: mean, variance, entropies, intervals.
 
@@ -170,10 +220,21 @@ def predict_mc(
             row id, sample), so a row gets the same samples in any batch,
             chunk, process or machine. Default: the row's position in `x`
             (counted across the batches of a Dataset).
+        variance_output: for a stock model with a mean output and a
+            variance output: the name of the output holding the variance
+            (or log-variance) of the other one, or a dict `{mean output:
+            variance output}` for several pairs. Each pair is reported as
+            one Gaussian prediction under the mean output's name. Outputs
+            of a `kd.layers.GaussianHead` are recognised without it.
+        variance_kind: "log" (the default with `variance_output`) or
+            "variance": what the variance output holds.
 
     Returns:
-        An `MCPrediction`, or a dict of them keyed by output name for
-        multi-output models.
+        An `MCPrediction`, or a dict of them keyed by output name when the
+        model reports several (a mean/variance pair counts as one).
+        Gaussian outputs (a `GaussianHead`, or `variance_output=`) add
+        `aleatoric_variance` and `epistemic_variance`, and their intervals
+        are the Gaussian mixture's.
 
     Example:
 
@@ -195,7 +256,8 @@ def predict_mc(
     batches = input_batches(model, x)
     row_words = _row_words(row_ids, sum(_num_rows(b) for b in batches))
     _samplable_model(model, batches[0])
-    tasks = _output_tasks(model, task, from_logits)
+    heads = prediction_heads(model, task, from_logits, variance_output, variance_kind)
+    num_outputs = len(output_names(model))
     path = _execution_path(jit_compile, model)
 
     samples_per_call = min(num_samples, chunk_size)
@@ -207,7 +269,7 @@ def predict_mc(
     total_calls = sum(math.ceil(_num_rows(b) / rows_per_call) for b in batches) * calls_per_chunk
     progress = _progress_bar(verbose, total_calls)
 
-    accumulators = [_Accumulator(t, tau, levels, return_samples, from_logits) for t in tasks]
+    accumulators = [_Accumulator(head.task, tau, levels, return_samples, from_logits) for head in heads]
     trial = None
     if path == "measure":
         trial = _path_trial(model, batches[0], samples_per_call)
@@ -221,7 +283,7 @@ def predict_mc(
             count = _num_rows(rows)
             padded = tree.map_structure(lambda a: _pad_rows(a, padded_rows), rows)
             ids = _pad_rows(row_words[row_offset + start : row_offset + start + count], padded_rows)
-            per_output = [[] for _ in tasks]
+            per_output = [[] for _ in range(num_outputs)]
             for sample_start in range(0, num_samples, samples_per_call):
                 # Derived inside the compiled call: eager seed ops cost more
                 # than a small model's whole forward pass.
@@ -235,14 +297,15 @@ def predict_mc(
                     collected.append(output[:count])
                 if progress is not None:
                     progress.add(1)
-            for accumulator, collected in zip(accumulators, per_output):
-                accumulator.add(np.concatenate(collected, axis=1)[:, :num_samples])
+            flat = [np.concatenate(collected, axis=1)[:, :num_samples] for collected in per_output]
+            for accumulator, head in zip(accumulators, heads):
+                accumulator.add(*head.split(flat))
         row_offset += _num_rows(batch)
 
     predictions = [accumulator.result() for accumulator in accumulators]
     if len(predictions) == 1:
         return predictions[0]
-    return dict(zip(output_names(model), predictions))
+    return {head.name: prediction for head, prediction in zip(heads, predictions)}
 
 
 # Samples gathered before their statistics are computed. The statistics are a
@@ -266,29 +329,41 @@ class _Accumulator:
         self.pending = []
         self.pending_values = 0
 
-    def add(self, samples):
-        """Takes the `(rows, S, ...)` samples of the next rows."""
-        self.pending.append(samples)
+    def add(self, samples, sample_variances=None):
+        """Takes the `(rows, S, ...)` samples of the next rows (and a Gaussian output's variances)."""
+        self.pending.append((samples, sample_variances))
         self.pending_values += samples.size
         if self.pending_values >= _PENDING_VALUES:
             self._flush()
 
     def _flush(self):
         if self.pending:
-            samples = self.pending[0] if len(self.pending) == 1 else np.concatenate(self.pending)
+            samples = np.concatenate([s for s, _ in self.pending])
+            variances = None
+            if self.pending[0][1] is not None:
+                variances = np.concatenate([v for _, v in self.pending])
             self.pending, self.pending_values = [], 0
-            self._add_block(samples)
+            self._add_block(samples, variances)
 
     def _append(self, name, value):
         self.parts.setdefault(name, []).append(np.asarray(ops.convert_to_numpy(value)))
 
-    def _add_block(self, samples):
+    def _add_block(self, samples, sample_variances=None):
         samples = samples.astype(np.float32 if samples.dtype.itemsize <= 4 else samples.dtype)
+        if sample_variances is not None:
+            sample_variances = sample_variances.astype(samples.dtype)
         stats = uncertainty.summarize(
-            samples, self.task, self.from_logits, tau=self.tau, interval_levels=self.levels
+            samples,
+            self.task,
+            self.from_logits,
+            tau=self.tau,
+            interval_levels=self.levels,
+            sample_variances=sample_variances,
         )
         for name, value in stats.items():
             self._append(name, value)
+        if self.keep_samples and sample_variances is not None:
+            self._append("sample_variances", sample_variances)
         if self.keep_samples:
             if self.task != "regression" and self.from_logits:
                 samples = uncertainty.probabilities_from_logits(
@@ -303,7 +378,9 @@ class _Accumulator:
             level: (joined[("lower", level)], joined[("upper", level)]) for level in self.levels
         }
         measures = {
-            name: joined[name] for name in uncertainty.CLASSIFICATION_MEASURES if name in joined
+            name: joined[name]
+            for name in uncertainty.CLASSIFICATION_MEASURES + ("aleatoric_variance", "epistemic_variance")
+            if name in joined
         }
         return MCPrediction(
             self.task,
@@ -312,6 +389,8 @@ class _Accumulator:
             samples=joined.get("samples"),
             intervals=intervals,
             measures=measures,
+            sample_variances=joined.get("sample_variances"),
+            tau=self.tau,
         )
 
 
@@ -441,62 +520,6 @@ def _samplable_model(model, first_batch=None):
             stacklevel=3,
         )
     return sites
-
-
-def output_names(model):
-    """The names of a model's outputs, in the order its outputs flatten.
-
-    Dict outputs keep the keys the model was built with; list outputs are
-    named after the layers that produce them.
-    """
-    structure = internals.output_structure(model)
-    if isinstance(structure, dict):
-        return [path[0] for path, _ in tree.flatten_with_path(structure)]
-    outputs = getattr(model, "outputs", None) or []
-    names = getattr(model, "output_names", None)
-    if names and len(names) == len(outputs):
-        return list(names)
-    return [internals.producer(tensor)[0].name for tensor in outputs] or ["output"]
-
-
-def _output_activation(tensor):
-    layer, index = internals.producer(tensor)
-    nested_outputs = getattr(layer, "outputs", None) if isinstance(layer, keras.Model) else None
-    if nested_outputs:
-        # The output comes from a nested model (e.g. a classification head
-        # Sequential): look at the layer that produced it inside.
-        return _output_activation(tree.flatten(nested_outputs)[index])
-    if isinstance(layer, keras.layers.Softmax):
-        return "softmax"
-    return getattr(getattr(layer, "activation", None), "__name__", None)
-
-
-def _output_tasks(model, task, from_logits):
-    """One task per model output: regression, classification or multilabel."""
-    outputs = getattr(model, "outputs", None)
-    if not outputs:
-        # A subclassed model: its activations are unknown, trust `task`.
-        outputs = [None]
-    tasks = []
-    for tensor in tree.flatten(outputs):
-        activation = _output_activation(tensor) if tensor is not None else None
-        is_probability = activation in ("softmax", "sigmoid") or (
-            tensor is None and task == "classification"
-        )
-        if task == "regression" or (task == "auto" and not (is_probability or from_logits)):
-            tasks.append("regression")
-        elif not (is_probability or from_logits):
-            raise ValueError(
-                "task='classification' needs probability outputs, but the "
-                f"output of model '{model.name}' has activation "
-                f"{activation!r}. Pass from_logits=True if it produces logits, "
-                "or task='regression'."
-            )
-        elif activation == "sigmoid" or (from_logits and tensor is not None and tensor.shape[-1] == 1):
-            tasks.append("multilabel")
-        else:
-            tasks.append("classification")
-    return tasks
 
 
 _UNCOMPILABLE_LAYERS = tuple(

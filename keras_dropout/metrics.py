@@ -138,7 +138,7 @@ def brier_score(y_true, probs):
     return float(np.mean(np.sum((probs - one_hot) ** 2, axis=1)))
 
 
-def gaussian_mixture_log_likelihood(y, samples, tau):
+def gaussian_mixture_log_likelihood(y, samples, tau=None, *, variances=None):
     """Per-row test log-likelihood of regression targets under MC dropout.
 
     The predictive distribution of MC dropout is a mixture of `T` Gaussians
@@ -148,6 +148,11 @@ def gaussian_mixture_log_likelihood(y, samples, tau):
     `log p(y) = logsumexp_t(-tau / 2 * (y - yhat_t) ** 2) - log T
     - 0.5 * log(2 pi) + 0.5 * log(tau)`.
 
+    A heteroscedastic model predicts each sample's variance `sigma_t**2`
+    itself (`kd.layers.GaussianHead`): pass them as `variances`, and the
+    mixture's components are `N(yhat_t, sigma_t**2)` (plus `1 / tau` when
+    `tau` is given too).
+
     With several output dimensions each one is treated as an independent
     mixture and their log-likelihoods are summed.
 
@@ -155,7 +160,9 @@ def gaussian_mixture_log_likelihood(y, samples, tau):
         y: Targets shaped `(N,)` or `(N, D)`.
         samples: MC samples shaped `(N, T)` or `(N, T, D)`.
         tau: Positive float, the model precision (inverse observation noise
-            variance).
+            variance). Required unless `variances` is given.
+        variances: Optional per-sample predicted variances, shaped like
+            `samples`, all > 0 (or >= 0 with `tau`).
 
     Returns:
         Float64 NumPy array shaped `(N,)`: the log-likelihood of each row.
@@ -166,15 +173,35 @@ def gaussian_mixture_log_likelihood(y, samples, tau):
     ```python
     samples = np.random.normal(size=(100, 50))  # 100 rows, 50 MC samples
     ll = kd.metrics.gaussian_mixture_log_likelihood(y, samples, tau=1.0)
+    ll = kd.metrics.gaussian_mixture_log_likelihood(y, samples, variances=predicted)
     ll.mean()
     ```
     """
-    tau = _check_tau(tau)
+    if tau is None and variances is None:
+        raise ValueError(
+            "gaussian_mixture_log_likelihood needs the components' noise: pass `tau` "
+            "(a constant precision) or `variances` (each sample's predicted variance)."
+        )
+    if tau is not None:
+        tau = _check_tau(tau)
     samples = _to_finite_float64(samples, "samples")
     y = _to_finite_float64(y, "y")
     received = f"samples.shape={samples.shape}"
+    if variances is not None:
+        variances = _to_finite_float64(variances, "variances")
+        if variances.shape != samples.shape:
+            raise ValueError(
+                "Invalid value received for argument `variances`. Expected the shape "
+                f"of `samples`, {samples.shape}. Received: variances.shape={variances.shape}"
+            )
+        if (variances < 0).any() or (tau is None and (variances <= 0).any()):
+            raise ValueError(
+                "Invalid value received for argument `variances`. Expected values > 0 "
+                f"(>= 0 with tau). Received a minimum of {variances.min()!r}"
+            )
     if samples.ndim == 2:
         samples = samples[:, :, np.newaxis]
+        variances = None if variances is None else variances[:, :, np.newaxis]
     if samples.ndim != 3 or samples.shape[0] == 0 or samples.shape[1] == 0:
         raise ValueError(
             "Invalid value received for argument `samples`. Expected a "
@@ -188,19 +215,18 @@ def gaussian_mixture_log_likelihood(y, samples, tau):
             f"{expected} to match {received}. Received: y.shape={y.shape}"
         )
     y = y.reshape(num_rows, num_dims)
-    exponents = -0.5 * tau * (y[:, np.newaxis, :] - samples) ** 2
+    if variances is None:
+        component_variance = np.full((1, 1, 1), 1.0 / tau)
+    else:
+        component_variance = variances + (0.0 if tau is None else 1.0 / tau)
+    exponents = -0.5 * (y[:, np.newaxis, :] - samples) ** 2 / component_variance - 0.5 * np.log(
+        component_variance
+    )
     # Max-shifted logsumexp: with a large tau every exponent can underflow
     # exp() to 0, which would turn the log-likelihood into -inf.
     shift = np.max(exponents, axis=1)
-    log_sum = shift + np.log(
-        np.sum(np.exp(exponents - shift[:, np.newaxis, :]), axis=1)
-    )
-    per_dim = (
-        log_sum
-        - math.log(num_samples)
-        - 0.5 * math.log(2.0 * math.pi)
-        + 0.5 * math.log(tau)
-    )
+    log_sum = shift + np.log(np.sum(np.exp(exponents - shift[:, np.newaxis, :]), axis=1))
+    per_dim = log_sum - math.log(num_samples) - 0.5 * math.log(2.0 * math.pi)
     return np.sum(per_dim, axis=1)
 
 

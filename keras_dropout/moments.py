@@ -51,6 +51,7 @@ from keras import tree
 
 from keras_dropout import _keras_internals as internals
 from keras_dropout import layers as kd_layers
+from keras_dropout.heads import prediction_heads
 from keras_dropout.mc import MCPrediction
 from keras_dropout.sites import has_sampled_site
 
@@ -358,8 +359,9 @@ def _einsum_dense(layer, moments):
     return _linear(layer, moments, layer.equation)
 
 
-def _linear(layer, moments, equation):
-    """A linear layer `einsum(equation, x, kernel) + bias`, then its activation."""
+def _linear(layer, moments, equation, activation=None):
+    """A linear layer `einsum(equation, x, kernel) + bias`, then its activation (or `activation`)."""
+    activation = layer.activation if activation is None else activation
     if getattr(layer, "quantization_mode", None):
         # `kernel` would be the integer codes, without their scales.
         raise ValueError(
@@ -371,9 +373,9 @@ def _linear(layer, moments, equation):
     if layer.bias is not None:
         mean = mean + ops.cast(layer.bias, mean.dtype)
     if moments.variance is None:
-        return activation_moments(layer.activation, Moments(mean))
+        return activation_moments(activation, Moments(mean))
     if moments.bernoulli is not None:
-        exact = _dropped_inputs_moments(layer, equation, moments.bernoulli, kernel, mean)
+        exact = _dropped_inputs_moments(activation, equation, moments.bernoulli, kernel, mean)
         if exact is not None:
             return exact
     covariance = _linear_covariance(equation, moments, kernel)
@@ -381,7 +383,23 @@ def _linear(layer, moments, equation):
         variance = ops.diagonal(covariance, axis1=-2, axis2=-1)
     else:
         variance = ops.einsum(equation, moments.variance, ops.square(kernel))
-    return activation_moments(layer.activation, Moments(mean, variance, covariance))
+    return activation_moments(activation, Moments(mean, variance, covariance))
+
+
+@rule(kd_layers.GaussianHead)
+def _gaussian_head(layer, moments):
+    """Means: the linear map's moments; variances: softplus + floor of its Gaussian, by quadrature."""
+    letters = "abcdefgh"[: len(moments.mean.shape) - 1]
+    linear = _linear(layer, moments, f"{letters}y,yz->{letters}z", activation=keras.activations.linear)
+    units = layer.units
+    mean, variance = linear.mean, linear.variance_or_zeros()
+    if keras.backend.standardize_dtype(mean.dtype) in ("float16", "bfloat16"):
+        mean, variance = ops.cast(mean, "float32"), ops.cast(variance, "float32")
+    noise = gauss_hermite_moments(layer.variance_of, Moments(mean[..., units:], variance[..., units:]))
+    return Moments(
+        ops.concatenate([mean[..., :units], noise.mean], axis=-1),
+        ops.concatenate([variance[..., :units], noise.variance], axis=-1),
+    )
 
 
 # Drop patterns enumerated (at most this many dropped inputs), when the patterns left out
@@ -391,7 +409,7 @@ DROP_PATTERN_RESIDUAL = 1e-3
 DROP_PATTERN_ENTRIES_PER_ROW = 2**16
 
 
-def _dropped_inputs_moments(layer, equation, bernoulli, kernel, mean):
+def _dropped_inputs_moments(activation, equation, bernoulli, kernel, mean):
     """Exact moments of `activation(einsum(x * z / q, W) + b)` for deterministic x, z ~ Bernoulli(q).
 
     The pre-activation is a mixture over drop patterns, not a Gaussian (a few dropped inputs
@@ -401,7 +419,6 @@ def _dropped_inputs_moments(layer, equation, bernoulli, kernel, mean):
     apply (the Gaussian rules take over).
     """
     x, rate = bernoulli
-    activation = layer.activation
     elementwise = activation is keras.activations.relu or any(activation is f for f in _ELEMENTWISE_ACTIVATIONS)
     inputs, rest = equation.replace(" ", "").split(",")
     kernel_letters, outputs = rest.split("->")
@@ -823,7 +840,18 @@ class MomentPrediction(MCPrediction):
         return lower, upper
 
 
-def predict_moments(model, x, *, batch_size=None, task="auto", from_logits=False, tau=None, covariance="auto"):
+def predict_moments(
+    model,
+    x,
+    *,
+    batch_size=None,
+    task="auto",
+    from_logits=False,
+    tau=None,
+    covariance="auto",
+    variance_output=None,
+    variance_kind=None,
+):
     """MC dropout's predictive mean and variance without sampling, in one forward pass.
 
     Every tensor that noise reaches carries a mean and a diagonal variance
@@ -852,6 +880,12 @@ def predict_moments(model, x, *, batch_size=None, task="auto", from_logits=False
             variance of a 128-unit MLP come out about half of MC's);
             "diagonal" treats all entries as independent (cheapest). Wider
             layers, convolutions and merges are diagonal either way.
+        variance_output, variance_kind: as in `predict_mc`. Gaussian outputs
+            (these, or a `kd.layers.GaussianHead`'s) get
+            `aleatoric_variance` (the propagated expectation of the predicted
+            variance) and `epistemic_variance` (the propagated variance of
+            the predicted mean); their intervals are Gaussian with the total
+            variance (the mixture's first two moments).
 
     Returns:
         An `MCPrediction` (`samples` None), or a dict of them keyed by output
@@ -883,62 +917,113 @@ def predict_moments(model, x, *, batch_size=None, task="auto", from_logits=False
     rows_per_call = DEFAULT_BATCH_ROWS if batch_size is None else mc._validate_positive_int(batch_size, "batch_size")
     batches = mc.input_batches(model, x)
     mc._samplable_model(model, batches[0])
-    tasks = mc._output_tasks(model, task, from_logits)
-    from_output_logits = tuple(t != "regression" and not from_logits for t in tasks)
-    propagator = _compiled_propagator(model, from_output_logits, covariance_units)
+    heads = prediction_heads(model, task, from_logits, variance_output, variance_kind)
+    propagator = _compiled_propagator(model, heads, from_logits, covariance_units)
     rows_per_call, padded_rows = mc.call_layout(max(mc._num_rows(b) for b in batches), rows_per_call)
-    means = [[] for _ in tasks]
-    variances = [[] for _ in tasks]
+    parts = None
     for batch in batches:
         for start in range(0, mc._num_rows(batch), rows_per_call):
             rows = tree.map_structure(lambda a: a[start : start + rows_per_call], batch)
             count = mc._num_rows(rows)
             outputs = propagator(tree.map_structure(lambda a: mc._pad_rows(a, padded_rows), rows))
-            for index in range(len(tasks)):
-                means[index].append(np.asarray(ops.convert_to_numpy(outputs[2 * index]))[:count])
-                variances[index].append(np.asarray(ops.convert_to_numpy(outputs[2 * index + 1]))[:count])
+            outputs = [np.asarray(ops.convert_to_numpy(o))[:count] for o in outputs]
+            parts = [[o] for o in outputs] if parts is None else [p + [o] for p, o in zip(parts, outputs)]
+    flat = iter([np.concatenate(p) for p in parts])
     predictions = []
-    for output_task, mean_parts, variance_parts in zip(tasks, means, variances):
-        mean, variance = np.concatenate(mean_parts), np.maximum(np.concatenate(variance_parts), 0.0)
-        if output_task == "regression":
+    for head in heads:
+        if head.gaussian:
+            mean, aleatoric, epistemic = next(flat), next(flat), np.maximum(next(flat), 0.0)
+            if head.variance_kind == "variance" and (aleatoric < 0).any():
+                raise ValueError(
+                    f"The variance output '{head.variance_name}' (of '{head.name}') has a negative "
+                    f"propagated mean (min {aleatoric.min():.3g}), so it is not a variance. Pass "
+                    "variance_kind='log' if it predicts a log-variance, or give it a positive activation."
+                )
+            variance = aleatoric + epistemic + (0.0 if tau is None else 1.0 / tau)
+            measures = {"aleatoric_variance": aleatoric, "epistemic_variance": epistemic}
+            predictions.append(MomentPrediction("regression", mean, variance, measures=measures))
+            continue
+        mean, variance = next(flat), np.maximum(next(flat), 0.0)
+        if head.task == "regression":
+            measures = {"epistemic_variance": variance}
             if tau is not None:
                 variance = variance + 1.0 / tau
-            predictions.append(MomentPrediction("regression", mean, variance))
+            predictions.append(MomentPrediction("regression", mean, variance, measures=measures))
         else:
-            predictions.append(_classification_from_logits(output_task, mean, variance))
+            predictions.append(_classification_from_logits(head.task, mean, variance))
     if len(predictions) == 1:
         return predictions[0]
-    return dict(zip(mc.output_names(model), predictions))
+    return {head.name: prediction for head, prediction in zip(heads, predictions)}
 
 
-def moment_outputs(model, inputs, tasks, from_logits, covariance_units=FULL_COVARIANCE_UNITS):
-    """The `mc` signature's outputs computed by moment propagation, in graph code.
+def head_moments(model, heads, from_logits, moments, logits):
+    """Per head, the propagated tensors `predict_moments` reads.
 
-    Regression outputs: the propagated `mean`, `variance`, `stddev`;
-    classification outputs: `kd.uncertainty.summarize` of the logits'
-    Gaussian draws (the draws `predict_moments` makes). Names as in `mc`
-    (prefixed `<output>_` for several outputs). Used by
-    `kd.serving.export(..., moments=True)`.
+    A plain output: `[mean, variance]` (of the logits for a classifier given
+    probabilities); a Gaussian: `[mean, aleatoric variance, epistemic
+    variance]`, where the aleatoric part is the expected predicted variance
+    (`E[exp(s)] = exp(m + v / 2)` for a Gaussian log-variance `s`).
     """
-    from keras_dropout import uncertainty
-    from keras_dropout.mc import output_names
-
-    moments, logits = propagate(model, inputs, covariance_units)
-    names = output_names(model)
-    outputs = {}
-    for name, output, task in zip(names, tree.flatten(moments), tasks):
-        prefix = f"{name}_" if len(names) > 1 else ""
-        if task == "regression":
-            variance = ops.maximum(output.variance_or_zeros(), 0.0)
-            stats = {"mean": output.mean, "variance": variance, "stddev": ops.sqrt(variance)}
+    flat = tree.flatten(moments)
+    tensors = []
+    for head in heads:
+        output = flat[head.index]
+        if head.variance_kind == "head":
+            mean, noise = output.mean, output.variance_or_zeros()
+            tensors.append([mean[..., : head.units], mean[..., head.units :], noise[..., : head.units]])
+        elif head.gaussian:
+            spread = flat[head.variance_index]
+            if head.variance_kind == "log":
+                aleatoric = ops.exp(spread.mean + 0.5 * spread.variance_or_zeros())
+            else:
+                aleatoric = spread.mean
+            tensors.append([output.mean, aleatoric, output.variance_or_zeros()])
         else:
-            if not from_logits:
+            if head.task != "regression" and not from_logits:
                 output = logits.get(id(output.mean))
                 if output is None:
-                    raise ValueError(f"predict_moments needs the logits of model '{model.name}''s output '{name}'.")
-            draws = ops.moveaxis(logit_samples(output, LOGIT_SAMPLES), 0, 1)  # (rows, draws, ...)
-            stats = uncertainty.summarize(draws, task, True)
-        for key in ("mean", "variance", "stddev") + (uncertainty.CLASSIFICATION_MEASURES if task != "regression" else ()):
+                    raise ValueError(
+                        f"predict_moments needs the logits of model '{model.name}''s classification "
+                        f"output '{head.name}': its softmax/sigmoid must be a Dense/Conv activation or an "
+                        "Activation/Softmax layer that noise reaches. Pass from_logits=True for a logits "
+                        "output, or use kd.predict_mc."
+                    )
+            tensors.append([output.mean, output.variance_or_zeros()])
+    return tensors
+
+
+def moment_outputs(model, inputs, heads, from_logits, covariance_units=FULL_COVARIANCE_UNITS):
+    """The `mc` signature's outputs computed by moment propagation, in graph code.
+
+    Regression outputs: the propagated `mean`, `variance`, `stddev` (Gaussian
+    outputs also `aleatoric_variance`, `epistemic_variance`); classification
+    outputs: `kd.uncertainty.summarize` of the logits' Gaussian draws (the
+    draws `predict_moments` makes). Names as in `mc` (prefixed `<output>_`
+    for several predictions). Used by `kd.serving.export(..., moments=True)`.
+    """
+    from keras_dropout import uncertainty
+
+    moments, logits = propagate(model, inputs, covariance_units)
+    outputs = {}
+    for head, tensors in zip(heads, head_moments(model, heads, from_logits, moments, logits)):
+        prefix = "" if len(heads) == 1 else f"{head.name}_"
+        if head.gaussian:
+            mean, aleatoric, epistemic = tensors[0], tensors[1], ops.maximum(tensors[2], 0.0)
+            variance = aleatoric + epistemic
+            stats = {
+                "mean": mean,
+                "variance": variance,
+                "stddev": ops.sqrt(variance),
+                "aleatoric_variance": aleatoric,
+                "epistemic_variance": epistemic,
+            }
+        elif head.task == "regression":
+            variance = ops.maximum(tensors[1], 0.0)
+            stats = {"mean": tensors[0], "variance": variance, "stddev": ops.sqrt(variance)}
+        else:
+            draws = ops.moveaxis(logit_samples(Moments(*tensors), LOGIT_SAMPLES), 0, 1)  # (rows, draws, ...)
+            stats = uncertainty.summarize(draws, head.task, True)
+        for key in head.statistic_names():
             outputs[prefix + key] = stats[key]
     return outputs
 
@@ -958,28 +1043,18 @@ def _classification_from_logits(task, mean, variance):
     return MomentPrediction(result.task, result.mean, result.variance, measures=result._measures)
 
 
-def _compiled_propagator(model, from_output_logits, covariance_units):
+def _compiled_propagator(model, heads, from_logits, covariance_units):
     cache = _compiled_propagators.setdefault(model, {})
-    key = (from_output_logits, covariance_units)
+    key = (tuple((h.task, h.index, h.variance_index, h.variance_kind) for h in heads), from_logits, covariance_units)
     if key in cache:
         return cache[key]
     # Held weakly, like predict_mc's samplers: the cache must not keep the model alive.
     model_ref = weakref.ref(model)
 
     def run(inputs):
-        moments, logits = propagate(model_ref(), inputs, covariance_units)
-        flat = []
-        for output, wants_logits in zip(tree.flatten(moments), from_output_logits):
-            if wants_logits:
-                output = logits.get(id(output.mean))
-                if output is None:
-                    raise ValueError(
-                        f"predict_moments needs the logits of model '{model_ref().name}''s classification "
-                        "output: its softmax/sigmoid must be a Dense/Conv activation or an Activation/Softmax "
-                        "layer that noise reaches. Pass from_logits=True for a logits output, or use kd.predict_mc."
-                    )
-            flat += [output.mean, output.variance_or_zeros()]
-        return flat
+        model = model_ref()
+        moments, logits = propagate(model, inputs, covariance_units)
+        return [t for tensors in head_moments(model, heads, from_logits, moments, logits) for t in tensors]
 
     backend = keras.backend.backend()
     if backend == "tensorflow":

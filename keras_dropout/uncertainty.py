@@ -255,20 +255,122 @@ def quantile_interval(samples, level=0.95):
     # lower == [[1.0]], upper == [[9.0]]
     ```
     """
-    if (
-        isinstance(level, bool)
-        or not isinstance(level, (int, float, np.number))
-        or not 0 < level < 1
-    ):
-        raise ValueError(
-            "Invalid value received for argument `level`. Expected a float "
-            f"strictly between 0 and 1. Received: level={level!r}"
-        )
+    _check_level(level)
     samples = _to_float_tensor(samples, "samples", min_rank=2)
     ordered = ops.sort(samples, axis=1)
     lower = _sorted_quantile(ordered, (1.0 - float(level)) / 2.0)
     upper = _sorted_quantile(ordered, (1.0 + float(level)) / 2.0)
     return lower, upper
+
+
+def aleatoric_variance(sample_variances):
+    """Mean over samples of the predicted (noise) variances: the aleatoric part.
+
+    For a heteroscedastic model (`kd.layers.GaussianHead`, or a variance
+    output) each MC sample predicts a Gaussian; the data's own noise is the
+    average of their variances (Kendall & Gal 2017, eq. 9).
+
+    Args:
+        sample_variances: Tensor shaped `(batch, samples, ...)`, each
+            sample's predicted variance.
+
+    Returns:
+        Tensor shaped `(batch, ...)`.
+
+    Example:
+
+    ```python
+    variances = np.array([[[1.0], [3.0]]])
+    kd.uncertainty.aleatoric_variance(variances)  # [[2.0]]
+    ```
+    """
+    return predictive_mean(sample_variances)
+
+
+def epistemic_variance(samples):
+    """Variance over samples of the predicted means: the epistemic part.
+
+    The spread of the model's predictions over dropout samples (the model's
+    uncertainty about itself), without any noise term: `predictive_variance`
+    with `tau=None`.
+
+    Args:
+        samples: Tensor shaped `(batch, samples, ...)` of predicted means.
+
+    Returns:
+        Tensor shaped `(batch, ...)`.
+
+    Example:
+
+    ```python
+    samples = np.array([[[1.0], [3.0]]])
+    kd.uncertainty.epistemic_variance(samples)  # [[1.0]]
+    ```
+    """
+    return predictive_variance(samples)
+
+
+# Bisection steps of `gaussian_mixture_interval`: the bracket (at most a few
+# thousand standard deviations wide) shrinks 2**-60 times, past float64's
+# resolution of any quantile in it.
+_BISECTION_STEPS = 60
+_BRACKET_STDDEVS = 10.0
+
+
+def gaussian_mixture_interval(samples, sample_variances, level=0.95, tau=None):
+    """Central interval of the equal-weight mixture of the samples' Gaussians.
+
+    The predictive distribution of a heteroscedastic model under MC dropout
+    is `(1/S) sum_s N(mean_s, variance_s (+ 1/tau))`; its `(1 - level) / 2`
+    and `(1 + level) / 2` quantiles are found by bisection on the mixture's
+    CDF (a fixed number of steps, so it runs inside graphs and signatures).
+
+    Args:
+        samples: Tensor shaped `(batch, samples, ...)`: each sample's mean.
+        sample_variances: Tensor of the same shape: each sample's variance.
+        level: Float strictly between 0 and 1.
+        tau: Optional observation precision: adds `1 / tau` to every
+            component's variance.
+
+    Returns:
+        Tuple `(lower, upper)` of tensors shaped `(batch, ...)`.
+
+    Example:
+
+    ```python
+    means, variances = np.zeros((1, 1, 1)), np.ones((1, 1, 1))
+    kd.uncertainty.gaussian_mixture_interval(means, variances)  # (-1.96, 1.96)
+    ```
+    """
+    _check_level(level)
+    samples = _to_float_tensor(samples, "samples", min_rank=2)
+    variances = ops.cast(_to_float_tensor(sample_variances, "sample_variances", min_rank=2), samples.dtype)
+    if tau is not None:
+        _check_positive_number(tau, "tau")
+        variances = variances + ops.divide(1.0, ops.cast(tau, variances.dtype))
+    scale = ops.sqrt(ops.maximum(variances, 0.0)) * math.sqrt(2.0)
+    spread = _BRACKET_STDDEVS * ops.sqrt(ops.maximum(variances, 0.0))
+    low = ops.min(samples - spread, axis=1)
+    high = ops.max(samples + spread, axis=1)
+    # Both quantiles at once: axis 0 holds the lower, then the upper one.
+    targets = ops.reshape(
+        ops.convert_to_tensor([(1.0 - float(level)) / 2.0, (1.0 + float(level)) / 2.0], samples.dtype),
+        (2,) + (1,) * len(low.shape),
+    )
+    bounds = (ops.stack([low, low]), ops.stack([high, high]))
+    tiny = ops.cast(1e-30, samples.dtype)
+
+    def step(_, bounds):
+        below, above = bounds
+        middle = 0.5 * (below + above)
+        z = (ops.expand_dims(middle, 2) - samples[None]) / ops.maximum(scale[None], tiny)
+        cdf = ops.mean(0.5 * (1.0 + ops.erf(z)), axis=2)
+        short = ops.less(cdf, targets)
+        return ops.where(short, middle, below), ops.where(short, above, middle)
+
+    below, above = ops.fori_loop(0, _BISECTION_STEPS, step, bounds)
+    middle = 0.5 * (below + above)
+    return middle[0], middle[1]
 
 
 CLASSIFICATION_MEASURES = (
@@ -279,7 +381,7 @@ CLASSIFICATION_MEASURES = (
 )
 
 
-def summarize(samples, task, from_logits=False, tau=None, interval_levels=()):
+def summarize(samples, task, from_logits=False, tau=None, interval_levels=(), sample_variances=None):
     """Every statistic of one output's MC samples, as `predict_mc` reports them.
 
     The one place the statistics are assembled: `kd.predict_mc` (block by
@@ -294,11 +396,17 @@ def summarize(samples, task, from_logits=False, tau=None, interval_levels=()):
         tau: observation precision; adds `1 / tau` to the variance
             (regression only).
         interval_levels: levels of the central intervals to include.
+        sample_variances: regression only: each sample's predicted
+            variance, shaped like `samples` (a heteroscedastic model, whose
+            samples are then the predicted means).
 
     Returns:
         A dict of batch-major tensors: `mean`, `variance`, `stddev`,
-        `("lower", level)` / `("upper", level)` per interval level and, for
-        classifiers, the `CLASSIFICATION_MEASURES`.
+        `epistemic_variance` (regression), `("lower", level)` /
+        `("upper", level)` per interval level and, for classifiers, the
+        `CLASSIFICATION_MEASURES`. With `sample_variances`: also
+        `aleatoric_variance`; `variance` is the sum of the two parts (plus
+        `1 / tau` when given) and the intervals are the Gaussian mixture's.
 
     Example:
 
@@ -314,10 +422,25 @@ def summarize(samples, task, from_logits=False, tau=None, interval_levels=()):
         )
     samples = _to_float_tensor(samples, "samples", min_rank=2)
     multilabel = task == "multilabel"
+    if sample_variances is not None:
+        if task != "regression":
+            raise ValueError(
+                "Invalid value received for argument `sample_variances`: predicted "
+                f"variances belong to regression outputs. Received task={task!r}"
+            )
+        return _summarize_gaussians(samples, sample_variances, tau, interval_levels)
     if task != "regression" and from_logits:
         samples = probabilities_from_logits(samples, multilabel=multilabel)
-    variance = predictive_variance(samples, tau=tau if task == "regression" else None)
-    stats = {"mean": predictive_mean(samples), "variance": variance, "stddev": ops.sqrt(variance)}
+    stats = {"mean": predictive_mean(samples)}
+    if task == "regression":
+        stats["epistemic_variance"] = epistemic_variance(samples)
+        variance = stats["epistemic_variance"]
+        if tau is not None:
+            _check_positive_number(tau, "tau")
+            variance = variance + ops.divide(1.0, ops.cast(tau, variance.dtype))
+    else:
+        variance = predictive_variance(samples)
+    stats["variance"], stats["stddev"] = variance, ops.sqrt(variance)
     for level in interval_levels:
         stats[("lower", float(level))], stats[("upper", float(level))] = quantile_interval(
             samples, level
@@ -326,6 +449,46 @@ def summarize(samples, task, from_logits=False, tau=None, interval_levels=()):
         for name in CLASSIFICATION_MEASURES:
             stats[name] = globals()[name](samples, multilabel=multilabel)
     return stats
+
+
+def _summarize_gaussians(samples, sample_variances, tau, interval_levels):
+    variances = ops.cast(_to_float_tensor(sample_variances, "sample_variances", min_rank=2), samples.dtype)
+    if tuple(variances.shape) != tuple(samples.shape):
+        raise ValueError(
+            "Invalid value received for argument `sample_variances`. Expected the "
+            f"shape of `samples`, {tuple(samples.shape)}. Received: "
+            f"sample_variances.shape={tuple(variances.shape)}"
+        )
+    aleatoric = aleatoric_variance(variances)
+    epistemic = epistemic_variance(samples)
+    variance = aleatoric + epistemic
+    if tau is not None:
+        _check_positive_number(tau, "tau")
+        variance = variance + ops.divide(1.0, ops.cast(tau, variance.dtype))
+    stats = {
+        "mean": predictive_mean(samples),
+        "variance": variance,
+        "stddev": ops.sqrt(variance),
+        "aleatoric_variance": aleatoric,
+        "epistemic_variance": epistemic,
+    }
+    for level in interval_levels:
+        stats[("lower", float(level))], stats[("upper", float(level))] = gaussian_mixture_interval(
+            samples, variances, level, tau=tau
+        )
+    return stats
+
+
+def _check_level(level):
+    if (
+        isinstance(level, bool)
+        or not isinstance(level, (int, float, np.number))
+        or not 0 < level < 1
+    ):
+        raise ValueError(
+            "Invalid value received for argument `level`. Expected a float "
+            f"strictly between 0 and 1. Received: level={level!r}"
+        )
 
 
 def _sorted_quantile(ordered, q):

@@ -16,6 +16,8 @@ STATISTICS = (
     "mean",
     "variance",
     "stddev",
+    "aleatoric_variance",
+    "epistemic_variance",
     "interval_lower",
     "interval_upper",
     "predictive_entropy",
@@ -54,7 +56,11 @@ class MCModelHandler(ModelHandler):
         seed: int; the same seed gives the same statistics.
         task: "auto", "regression" or "classification", as in `predict_mc`.
         from_logits: the model outputs logits (classification).
-        outputs: statistics to return, from `STATISTICS`.
+        outputs: statistics to return, from `STATISTICS`
+            (`aleatoric_variance` for Gaussian outputs only).
+        variance_output, variance_kind: as in `predict_mc`: a stock model's
+            output holding another's (log-)variance (a
+            `kd.layers.GaussianHead` output needs neither).
         interval_level: level of `interval_lower` / `interval_upper`.
         jit_compile: as in `predict_mc` ("auto", True or False).
         chunk_size: as in `predict_mc`: (row, sample) pairs per model call.
@@ -106,6 +112,8 @@ class MCModelHandler(ModelHandler):
         max_batch_duration_secs=None,
         large_model=False,
         model_copies=None,
+        variance_output=None,
+        variance_kind=None,
     ):
         from keras_dropout import mc
 
@@ -163,6 +171,8 @@ class MCModelHandler(ModelHandler):
             interval_level=float(interval_level),
             jit_compile=jit_compile,
             chunk_size=chunk_size,
+            variance_output=variance_output,
+            variance_kind=variance_kind,
             # No batch exceeds max_batch_size rows: padding beyond it would be waste.
             pad_rows_to=min(mc.full_call_rows(num_samples, chunk_size), max_batch_size),
         )
@@ -212,8 +222,12 @@ class MCScorer:
         jit_compile,
         chunk_size,
         pad_rows_to,
+        variance_output=None,
+        variance_kind=None,
     ):
         self.model = model
+        self._variance_output = variance_output
+        self._variance_kind = variance_kind
         self._num_samples = num_samples
         self._seed = seed
         self._task = task
@@ -252,6 +266,8 @@ class MCScorer:
             verbose=0,
             chunk_size=self._chunk_size,
             row_ids=row_ids,
+            variance_output=self._variance_output,
+            variance_kind=self._variance_kind,
         )
         predictions = result if isinstance(result, dict) else {None: result}
         columns = {}
@@ -334,6 +350,7 @@ def load_keras_model(uri):
     import keras
 
     import keras_dropout.layers  # noqa: F401  (registers the layers a .keras file may hold)
+    import keras_dropout.losses  # noqa: F401  (and the loss of a compiled one)
 
     if os.path.exists(uri):
         return keras.saving.load_model(uri)

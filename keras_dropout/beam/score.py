@@ -51,6 +51,8 @@ def score(
     min_batch_size=None,
     max_batch_size=None,
     pipeline_args=None,
+    variance_output=None,
+    variance_kind=None,
 ):
     """Scores every example of `input_pattern` with MC dropout, writing `output_path`.
 
@@ -62,7 +64,8 @@ def score(
             Beam shards `scores-00000-of-00002.parquet`, ...; records that
             cannot be scored go to `scores_rejected-*.jsonl` with the reason.
         num_samples, seed, task, from_logits, outputs, interval_level,
-            jit_compile: as in `MCModelHandler`.
+            jit_compile, variance_output, variance_kind: as in
+            `MCModelHandler`.
         key_column: column holding each example's key (int or string: typed
             columns keep their type; a CSV column whose first key is an
             integer holds integers). Without it the key is the example's
@@ -105,6 +108,8 @@ def score(
         jit_compile=jit_compile,
         min_batch_size=min_batch_size,
         max_batch_size=max_batch_size,
+        variance_output=variance_output,
+        variance_kind=variance_kind,
     )
     # The launcher loads the model and scores the first example itself, so a wrong
     # file, column or setting fails here, at once, not on a cluster's workers.

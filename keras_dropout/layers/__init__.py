@@ -5,6 +5,7 @@ from keras_dropout.layers.concrete_dropout import ConcreteDropout
 from keras_dropout.layers.dropconnect_dense import DropConnectDense
 from keras_dropout.layers.dropout import MCDropout
 from keras_dropout.layers.gaussian_dropout import MCGaussianDropout
+from keras_dropout.layers.gaussian_head import GaussianHead
 from keras_dropout.layers.gaussian_noise import MCGaussianNoise
 from keras_dropout.layers.sampling_layer import SamplingLayer
 from keras_dropout.layers.spatial_dropout import MCSpatialDropout1D
@@ -14,6 +15,7 @@ from keras_dropout.layers.spatial_dropout import MCSpatialDropout3D
 __all__ = [
     "ConcreteDropout",
     "DropConnectDense",
+    "GaussianHead",
     "MCAlphaDropout",
     "MCDropout",
     "MCGaussianDropout",

@@ -7,7 +7,9 @@ inputs):
 - `mc`: the same inputs; `num_samples` fixed at export; batch-major outputs
   `mean`, `variance`, `stddev` (+ `predictive_entropy`, `expected_entropy`,
   `mutual_information`, `variation_ratio` for classifiers), prefixed with
-  `<output>_` for multi-output models.
+  `<output>_` for multi-output models. Gaussian outputs (a `kd.layers.GaussianHead`,
+  or a mean/variance pair named by `variance_output=`) add `aleatoric_variance` and
+  `epistemic_variance`; a pair is one prediction under the mean's name.
 - `mc_sample`: also a scalar `num_samples` (int32; 0 = deterministic pass,
   capped at `max_samples`) and a scalar `seed` (int64; same seed, same answer).
 
@@ -30,8 +32,8 @@ import tensorflow as tf
 
 from keras_dropout import _keras_internals
 from keras_dropout import uncertainty
-from keras_dropout.mc import _output_tasks
 from keras_dropout.mc import _samplable_model
+from keras_dropout.heads import prediction_heads
 from keras_dropout.mc import _validate_task
 from keras_dropout.mc import output_names
 from keras_dropout.mc import TRACE_LOCK
@@ -75,26 +77,41 @@ def _call_inputs(model, inputs):
     return [inputs[name] for name in names]
 
 
-def _named_statistics(model, per_output_samples, tasks, from_logits):
-    """The `mc` outputs: `kd.uncertainty.summarize` of each output's samples."""
-    names = output_names(model)
+def named_statistics(heads, flat_samples, from_logits):
+    """The `mc` outputs: `kd.uncertainty.summarize` of each head's samples.
+
+    Named as in `predict_mc`'s result, prefixed `<name>_` when the model
+    reports several predictions; Gaussian heads add `aleatoric_variance`
+    and `epistemic_variance`.
+    """
     outputs = {}
-    for name, samples, task in zip(names, per_output_samples, tasks):
-        prefix = f"{name}_" if len(names) > 1 else ""
-        stats = uncertainty.summarize(samples, task, from_logits)
-        for key in ("mean", "variance", "stddev") + (
-            uncertainty.CLASSIFICATION_MEASURES if task != "regression" else ()
-        ):
+    for head in heads:
+        prefix = "" if len(heads) == 1 else f"{head.name}_"
+        samples, variances = head.split(flat_samples)
+        if head.variance_kind == "variance":
+            variances = _checked_variances(variances, head)
+        stats = uncertainty.summarize(samples, head.task, from_logits, sample_variances=variances)
+        for key in head.statistic_names():
             outputs[prefix + key] = stats[key]
     return outputs
 
 
-def _moments_signature(model, tasks, from_logits):
+def _checked_variances(variances, head):
+    # The same refusal as predict_mc's: a negative "variance" is a misnamed output, not a variance.
+    check = tf.debugging.assert_non_negative(
+        variances,
+        message=f"The variance output '{head.variance_name}' (of '{head.name}') holds negative values",
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(variances)
+
+
+def _moments_signature(model, heads, from_logits):
     """The `moments` signature's function: the `mc` outputs by moment propagation."""
     from keras_dropout.moments import moment_outputs
 
     def propagated(inputs):
-        return moment_outputs(model, _call_inputs(model, inputs), tasks, from_logits)
+        return moment_outputs(model, _call_inputs(model, inputs), heads, from_logits)
 
     return propagated
 
@@ -116,6 +133,8 @@ def export(
     warmup=True,
     batching=False,
     moments=False,
+    variance_output=None,
+    variance_kind=None,
 ):
     """Exports `model` as a TF-Serving-ready SavedModel with MC signatures.
 
@@ -143,6 +162,10 @@ def export(
             inputs cannot be batched).
         moments: also write a `moments` signature: the `mc` outputs computed
             in one pass by `kd.predict_moments`' propagation (no sampling).
+        variance_output, variance_kind: as in `predict_mc`: a stock model's
+            output holding another's (log-)variance. Gaussian outputs (these,
+            or a `kd.layers.GaussianHead`'s) get `aleatoric_variance` and
+            `epistemic_variance` beside `mean`, `variance` and `stddev`.
 
     Returns:
         The path of the written version directory.
@@ -184,7 +207,7 @@ def export(
             "the signatures can name and shape their inputs."
         )
     _samplable_model(model)
-    tasks = _output_tasks(model, task, from_logits)
+    heads = prediction_heads(model, task, from_logits, variance_output, variance_kind)
     specs = _input_specs(model)
 
     def deterministic(inputs):
@@ -210,7 +233,7 @@ def export(
     def mc(inputs):
         # A stateful random op, not a variable: fresh masks per request.
         seed = tf.random.uniform([], maxval=2**31 - 1, dtype=tf.int64)
-        return _named_statistics(model, draw(inputs, num_samples, seed_words_of(seed)), tasks, from_logits)
+        return named_statistics(heads, draw(inputs, num_samples, seed_words_of(seed)), from_logits)
 
     def mc_sample(inputs, num_samples_, seed):
         checks = [
@@ -233,9 +256,9 @@ def export(
             return [tf.expand_dims(output, 1) for output in deterministic(inputs).values()]
 
         samples = tf.cond(count > 0, sampled, single_pass)
-        return _named_statistics(model, samples, tasks, from_logits)
+        return named_statistics(heads, samples, from_logits)
 
-    propagated = _moments_signature(model, tasks, from_logits) if moments else None
+    propagated = _moments_signature(model, heads, from_logits) if moments else None
 
     with TRACE_LOCK:  # see keras_dropout.mc.TRACE_LOCK
         return _write_export(
