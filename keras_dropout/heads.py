@@ -7,11 +7,14 @@ from one `kd.layers.GaussianHead` output or from two outputs of a stock
 two-head model (`variance_output=`, `variance_kind=`).
 """
 
+import warnings
+import weakref
+
+import keras
 import numpy as np
 from keras import ops
 from keras import tree
 
-import keras
 from keras_dropout import _keras_internals as internals
 from keras_dropout import uncertainty
 from keras_dropout.layers.gaussian_head import GaussianHead
@@ -65,6 +68,7 @@ class OutputHead:
         output = flat_outputs[self.index]
         if self.variance_kind is None:
             return output, None
+        output = _at_least_float32(output)
         if self.variance_kind == "head":
             if output.shape[-1] != 2 * self.units:
                 raise ValueError(
@@ -72,8 +76,15 @@ class OutputHead:
                     f"axis should hold {2 * self.units} values (means, then variances); it has shape "
                     f"{tuple(output.shape)}."
                 )
-            return output[..., : self.units], output[..., self.units :]
-        variance = flat_outputs[self.variance_index]
+            variance = output[..., self.units :]
+            if isinstance(variance, np.ndarray) and not (variance > 0).all():
+                # A GaussianHead's variances are >= its floor > 0: this is not its output.
+                raise ValueError(
+                    f"Output '{self.name}' was taken for a GaussianHead's (means, then variances), but its "
+                    "second half holds values <= 0. Return the GaussianHead's output itself from the model."
+                )
+            return output[..., : self.units], variance
+        variance = _at_least_float32(flat_outputs[self.variance_index])
         if self.variance_kind == "log":
             variance = ops.exp(variance) if not isinstance(variance, np.ndarray) else np.exp(variance)
         elif isinstance(variance, np.ndarray) and (variance < 0).any():
@@ -83,6 +94,15 @@ class OutputHead:
                 "that output a positive activation (softplus)."
             )
         return output, variance
+
+
+def _at_least_float32(values):
+    # exp() of a float16 log-variance overflows above 11; variances are reported in float32.
+    if isinstance(values, np.ndarray):
+        return values.astype(np.float32) if values.dtype.itemsize < 4 else values
+    if keras.backend.standardize_dtype(values.dtype) in ("float16", "bfloat16"):
+        return ops.cast(values, "float32")
+    return values
 
 
 def output_names(model):
@@ -102,8 +122,10 @@ def output_names(model):
 
 
 def _output_layer(tensor):
-    """The layer that produced a model output, looking inside nested models."""
+    """The layer that produced a model output, looking inside nested models and TimeDistributed."""
     layer, index = internals.producer(tensor)
+    if isinstance(layer, keras.layers.TimeDistributed):
+        return layer.layer
     nested_outputs = getattr(layer, "outputs", None) if isinstance(layer, keras.Model) else None
     if nested_outputs:
         # The output comes from a nested model (e.g. a classification head
@@ -147,38 +169,76 @@ def output_tasks(model, task, from_logits):
     return tasks
 
 
-def _gaussian_head_outputs(model):
+_warned_models = weakref.WeakSet()
+
+
+def _gaussian_head_outputs(model, sample_inputs=None):
     """`{flat output index: GaussianHead}` for outputs a GaussianHead produces."""
     outputs = getattr(model, "outputs", None)
     heads = [layer for layer in internals.flatten_layers(model) if isinstance(layer, GaussianHead)]
     if not heads:
         return {}
     if not outputs:
-        # A subclassed model: its outputs' producers are unknown. One GaussianHead
-        # and one output: that output is the head's (its width is checked on every call).
-        if len(heads) == 1:
-            return {0: heads[0]}
-        raise ValueError(
-            f"Subclassed model '{model.name}' holds {len(heads)} GaussianHead layers; predict_mc cannot "
-            "tell which outputs they produce. Build it as a functional model, or return one "
-            "GaussianHead's output."
-        )
+        return _subclassed_gaussian_output(model, heads, sample_inputs)
     found = {}
     for index, tensor in enumerate(tree.flatten(outputs)):
         layer = _output_layer(tensor)
         if isinstance(layer, GaussianHead):
             found[index] = layer
-    unmatched = [head.name for head in heads if all(head is not layer for layer in found.values())]
-    if unmatched:
-        raise ValueError(
-            f"Model '{model.name}': GaussianHead layer(s) {unmatched} do not produce a model output "
-            "directly (a layer follows them), so their means and variances cannot be told apart. "
-            "Make the GaussianHead the output layer."
+    inner = [head.name for head in heads if all(head is not layer for layer in found.values())]
+    if inner and model not in _warned_models:
+        _warned_models.add(model)
+        warnings.warn(
+            f"Model '{model.name}': GaussianHead layer(s) {inner} do not produce a model output directly "
+            "(a layer follows them), so the outputs they feed are reported as plain outputs, without "
+            "an aleatoric/epistemic split. Make the GaussianHead the output layer to get the split.",
+            stacklevel=3,
         )
     return found
 
 
-def prediction_heads(model, task="auto", from_logits=False, variance_output=None, variance_kind=None):
+def _subclassed_gaussian_output(model, heads, sample_inputs):
+    """A subclassed model's GaussianHead output: only when its output is that head's, checked by a call."""
+    if len(heads) != 1 or sample_inputs is None:
+        raise ValueError(
+            f"Subclassed model '{model.name}' holds GaussianHead layer(s) {[h.name for h in heads]}, whose "
+            "outputs predict_mc cannot locate in its outputs. Build it as a functional model (the head "
+            "as an output layer), or return exactly one GaussianHead's output."
+        )
+    head = heads[0]
+    seen = []
+    original_call = head.call
+
+    def recording_call(*args, **kwargs):
+        result = original_call(*args, **kwargs)
+        seen.append(result)
+        return result
+
+    # One deterministic call, watching what the head returns.
+    head.call = recording_call
+    try:
+        returned = model(sample_inputs, training=False)
+    finally:
+        del head.call
+    flat = tree.flatten(returned)
+    if (
+        len(flat) != 1
+        or len(seen) != 1
+        or tuple(flat[0].shape) != tuple(seen[0].shape)
+        or not np.array_equal(ops.convert_to_numpy(flat[0]), ops.convert_to_numpy(seen[0]))
+    ):
+        raise ValueError(
+            f"Subclassed model '{model.name}' holds GaussianHead '{head.name}' but does not return its "
+            "output alone (it returns several tensors, or a value computed from the head's), so means "
+            "and variances cannot be told apart. Return the GaussianHead's output itself, or build a "
+            "functional model."
+        )
+    return {0: head}
+
+
+def prediction_heads(
+    model, task="auto", from_logits=False, variance_output=None, variance_kind=None, sample_inputs=None
+):
     """The predictions `predict_mc` reports for `model`, in output order.
 
     Args:
@@ -189,13 +249,23 @@ def prediction_heads(model, task="auto", from_logits=False, variance_output=None
             `{mean output name: variance output name}`.
         variance_kind: "log" (default when `variance_output` is given) or
             "variance": what the variance outputs hold.
+        sample_inputs: a batch of inputs; a subclassed model holding a
+            GaussianHead is called on it once, to check that it returns
+            the head's output.
 
     Returns:
         A list of `OutputHead`.
+
+    Example:
+
+    ```python
+    heads = prediction_heads(two_head_model, variance_output="log_var")
+    [(h.name, h.variance_kind) for h in heads]   # [("mu", "log")]
+    ```
     """
     names = output_names(model)
     pairs = _variance_pairs(model, names, variance_output, variance_kind)
-    gaussian = _gaussian_head_outputs(model)
+    gaussian = _gaussian_head_outputs(model, sample_inputs)
     if gaussian and task == "classification":
         raise ValueError(
             f"task='classification', but model '{model.name}' ends in GaussianHead layer(s) "

@@ -256,7 +256,8 @@ def predict_mc(
     batches = input_batches(model, x)
     row_words = _row_words(row_ids, sum(_num_rows(b) for b in batches))
     _samplable_model(model, batches[0])
-    heads = prediction_heads(model, task, from_logits, variance_output, variance_kind)
+    first_row = tree.map_structure(lambda a: a[:1], batches[0])
+    heads = prediction_heads(model, task, from_logits, variance_output, variance_kind, sample_inputs=first_row)
     num_outputs = len(output_names(model))
     path = _execution_path(jit_compile, model)
 
@@ -338,10 +339,9 @@ class _Accumulator:
 
     def _flush(self):
         if self.pending:
-            samples = np.concatenate([s for s, _ in self.pending])
-            variances = None
-            if self.pending[0][1] is not None:
-                variances = np.concatenate([v for _, v in self.pending])
+            join = lambda arrays: arrays[0] if len(arrays) == 1 else np.concatenate(arrays)  # noqa: E731
+            samples = join([s for s, _ in self.pending])
+            variances = None if self.pending[0][1] is None else join([v for _, v in self.pending])
             self.pending, self.pending_values = [], 0
             self._add_block(samples, variances)
 

@@ -359,8 +359,11 @@ def _einsum_dense(layer, moments):
     return _linear(layer, moments, layer.equation)
 
 
-def _linear(layer, moments, equation, activation=None):
-    """A linear layer `einsum(equation, x, kernel) + bias`, then its activation (or `activation`)."""
+def _linear(layer, moments, equation, activation=None, columns=None):
+    """A linear layer `einsum(equation, x, kernel) + bias`, then its activation (or `activation`).
+
+    `columns`: a slice of the kernel's (and bias') last axis, to propagate some outputs only.
+    """
     activation = layer.activation if activation is None else activation
     if getattr(layer, "quantization_mode", None):
         # `kernel` would be the integer codes, without their scales.
@@ -369,9 +372,12 @@ def _linear(layer, moments, equation, activation=None):
             f"({layer.quantization_mode}). Use kd.predict_mc."
         )
     kernel = ops.cast(layer.kernel, moments.mean.dtype)
+    bias = layer.bias
+    if columns is not None:
+        kernel, bias = kernel[..., columns], bias[..., columns]
     mean = ops.einsum(equation, moments.mean, kernel)
-    if layer.bias is not None:
-        mean = mean + ops.cast(layer.bias, mean.dtype)
+    if bias is not None:
+        mean = mean + ops.cast(bias, mean.dtype)
     if moments.variance is None:
         return activation_moments(activation, Moments(mean))
     if moments.bernoulli is not None:
@@ -388,17 +394,35 @@ def _linear(layer, moments, equation, activation=None):
 
 @rule(kd_layers.GaussianHead)
 def _gaussian_head(layer, moments):
-    """Means: the linear map's moments; variances: softplus + floor of its Gaussian, by quadrature."""
+    """Means: the linear map's moments; variances: the moments of softplus + floor of it.
+
+    Each half is its own linear map, so drop patterns are enumerated through the variance's
+    softplus too (exact), else the Gaussian's moments by quadrature.
+    """
     letters = "abcdefgh"[: len(moments.mean.shape) - 1]
-    linear = _linear(layer, moments, f"{letters}y,yz->{letters}z", activation=keras.activations.linear)
+    equation = f"{letters}y,yz->{letters}z"
     units = layer.units
-    mean, variance = linear.mean, linear.variance_or_zeros()
-    if keras.backend.standardize_dtype(mean.dtype) in ("float16", "bfloat16"):
-        mean, variance = ops.cast(mean, "float32"), ops.cast(variance, "float32")
-    noise = gauss_hermite_moments(layer.variance_of, Moments(mean[..., units:], variance[..., units:]))
+    halves = (
+        _linear(layer, moments, equation, keras.activations.linear, columns=slice(0, units)),
+        _linear(layer, moments, equation, layer.variance_of, columns=slice(units, 2 * units)),
+    )
+    halves = [_at_least_float32(Moments(half.mean, half.variance_or_zeros())) for half in halves]
     return Moments(
-        ops.concatenate([mean[..., :units], noise.mean], axis=-1),
-        ops.concatenate([variance[..., :units], noise.variance], axis=-1),
+        ops.concatenate([half.mean for half in halves], axis=-1),
+        ops.concatenate([half.variance for half in halves], axis=-1),
+    )
+
+
+def _is_gaussian_variance(function):
+    """Whether `function` is a GaussianHead's `variance_of` (softplus + floor: elementwise)."""
+    return getattr(function, "__func__", None) is kd_layers.GaussianHead.variance_of
+
+
+def _is_elementwise(function):
+    return (
+        function is keras.activations.relu
+        or any(function is known for known in _ELEMENTWISE_ACTIVATIONS)
+        or _is_gaussian_variance(function)
     )
 
 
@@ -419,7 +443,7 @@ def _dropped_inputs_moments(activation, equation, bernoulli, kernel, mean):
     apply (the Gaussian rules take over).
     """
     x, rate = bernoulli
-    elementwise = activation is keras.activations.relu or any(activation is f for f in _ELEMENTWISE_ACTIVATIONS)
+    elementwise = _is_elementwise(activation)
     inputs, rest = equation.replace(" ", "").split(",")
     kernel_letters, outputs = rest.split("->")
     reduced = inputs[-1]
@@ -621,7 +645,7 @@ def activation_moments(function, moments):
         result = _sampled_moments(function, moments)
     elif isinstance(function, keras.layers.Layer) and _rule_for(function) is not None:
         return _rule_for(function)(function, moments)
-    elif any(function is known for known in _ELEMENTWISE_ACTIVATIONS):
+    elif any(function is known for known in _ELEMENTWISE_ACTIVATIONS) or _is_gaussian_variance(function):
         result = gauss_hermite_moments(function, moments)
     else:
         raise ValueError(
@@ -917,7 +941,9 @@ def predict_moments(
     rows_per_call = DEFAULT_BATCH_ROWS if batch_size is None else mc._validate_positive_int(batch_size, "batch_size")
     batches = mc.input_batches(model, x)
     mc._samplable_model(model, batches[0])
-    heads = prediction_heads(model, task, from_logits, variance_output, variance_kind)
+    heads = prediction_heads(
+        model, task, from_logits, variance_output, variance_kind, tree.map_structure(lambda a: a[:1], batches[0])
+    )
     propagator = _compiled_propagator(model, heads, from_logits, covariance_units)
     rows_per_call, padded_rows = mc.call_layout(max(mc._num_rows(b) for b in batches), rows_per_call)
     parts = None
@@ -992,14 +1018,16 @@ def head_moments(model, heads, from_logits, moments, logits):
     return tensors
 
 
-def moment_outputs(model, inputs, heads, from_logits, covariance_units=FULL_COVARIANCE_UNITS):
+def moment_outputs(model, inputs, heads, from_logits, covariance_units=FULL_COVARIANCE_UNITS, check_variance=None):
     """The `mc` signature's outputs computed by moment propagation, in graph code.
 
     Regression outputs: the propagated `mean`, `variance`, `stddev` (Gaussian
     outputs also `aleatoric_variance`, `epistemic_variance`); classification
     outputs: `kd.uncertainty.summarize` of the logits' Gaussian draws (the
     draws `predict_moments` makes). Names as in `mc` (prefixed `<output>_`
-    for several predictions). Used by `kd.serving.export(..., moments=True)`.
+    for several predictions). Used by `kd.serving.export(..., moments=True)`;
+    `check_variance(variances, head)`, if given, guards a "variance" output's propagated
+    mean (the signature refuses negative values, as `predict_moments` does).
     """
     from keras_dropout import uncertainty
 
@@ -1009,6 +1037,8 @@ def moment_outputs(model, inputs, heads, from_logits, covariance_units=FULL_COVA
         prefix = "" if len(heads) == 1 else f"{head.name}_"
         if head.gaussian:
             mean, aleatoric, epistemic = tensors[0], tensors[1], ops.maximum(tensors[2], 0.0)
+            if head.variance_kind == "variance" and check_variance is not None:
+                aleatoric = check_variance(aleatoric, head)
             variance = aleatoric + epistemic
             stats = {
                 "mean": mean,

@@ -343,8 +343,9 @@ def gaussian_mixture_interval(samples, sample_variances, level=0.95, tau=None):
     ```
     """
     _check_level(level)
+    _check_variance_values(sample_variances)
     samples = _to_float_tensor(samples, "samples", min_rank=2)
-    variances = ops.cast(_to_float_tensor(sample_variances, "sample_variances", min_rank=2), samples.dtype)
+    variances = _matching_variances(sample_variances, samples)
     if tau is not None:
         _check_positive_number(tau, "tau")
         variances = variances + ops.divide(1.0, ops.cast(tau, variances.dtype))
@@ -451,7 +452,19 @@ def summarize(samples, task, from_logits=False, tau=None, interval_levels=(), sa
     return stats
 
 
-def _summarize_gaussians(samples, sample_variances, tau, interval_levels):
+def _check_variance_values(sample_variances):
+    if isinstance(sample_variances, (np.ndarray, list, tuple)):
+        # Concrete inputs are checked (a traced tensor cannot raise on its values).
+        values = np.asarray(sample_variances, dtype="float64")
+        if not np.all(np.isfinite(values) & (values >= 0)):
+            bad = values[~(np.isfinite(values) & (values >= 0))].ravel()[0]
+            raise ValueError(
+                "Invalid value received for argument `sample_variances`. Expected finite "
+                f"variances >= 0. Received a value of {bad}"
+            )
+
+
+def _matching_variances(sample_variances, samples):
     variances = ops.cast(_to_float_tensor(sample_variances, "sample_variances", min_rank=2), samples.dtype)
     if tuple(variances.shape) != tuple(samples.shape):
         raise ValueError(
@@ -459,6 +472,12 @@ def _summarize_gaussians(samples, sample_variances, tau, interval_levels):
             f"shape of `samples`, {tuple(samples.shape)}. Received: "
             f"sample_variances.shape={tuple(variances.shape)}"
         )
+    return variances
+
+
+def _summarize_gaussians(samples, sample_variances, tau, interval_levels):
+    _check_variance_values(sample_variances)
+    variances = _matching_variances(sample_variances, samples)
     aleatoric = aleatoric_variance(variances)
     epistemic = epistemic_variance(samples)
     variance = aleatoric + epistemic

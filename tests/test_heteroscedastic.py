@@ -297,9 +297,12 @@ def test_models_whose_outputs_cannot_pair_are_refused():
     classes = keras.Model(inputs, {"p": keras.layers.Dense(1, activation="sigmoid")(h), "v": keras.layers.Dense(1)(h)})
     with pytest.raises(ValueError, match="classification output"):
         kd.predict_mc(classes, _x(), num_samples=2, variance_output="v")
+    # A GaussianHead used inside (a latent Gaussian): its outputs are reported as plain ones, said in a warning.
     buried = keras.Model(inputs, keras.layers.Dense(1)(kd.layers.GaussianHead(2)(h)))
-    with pytest.raises(ValueError, match="do not produce a model output directly"):
-        kd.predict_mc(buried, _x(), num_samples=2)
+    with pytest.warns(UserWarning, match="do not produce a model output directly"):
+        plain = kd.predict_mc(buried, _x(), num_samples=2)
+    with pytest.raises(ValueError, match="GaussianHead"):
+        plain.aleatoric_variance
     with pytest.raises(ValueError, match="a Gaussian output is regression"):
         kd.predict_mc(_head_model(), _x(), num_samples=2, task="classification")
     head_pair = keras.Model(inputs, {"g": kd.layers.GaussianHead(1)(h), "v": keras.layers.Dense(2)(h)})
@@ -323,12 +326,77 @@ def test_a_subclassed_model_ending_in_a_gaussian_head():
     np.testing.assert_allclose(result.aleatoric_variance, result.sample_variances.mean(axis=1), rtol=1e-5)
 
 
+class _Returns(keras.Model):
+    """Dense -> MCDropout -> GaussianHead(2), plus a Dense(4), returning what `mode` says."""
+
+    def __init__(self, mode):
+        super().__init__()
+        self.mode = mode
+        self.hidden = keras.layers.Dense(8, activation="relu")
+        self.dropout = kd.layers.MCDropout(0.3)
+        self.head = kd.layers.GaussianHead(2)
+        self.other = keras.layers.Dense(4)
+
+    def call(self, inputs):
+        h = self.dropout(self.hidden(inputs))
+        g = self.head(h)
+        return {
+            "list": lambda: [self.other(h), g],
+            "dict": lambda: {"b": g, "a": self.other(h)},
+            "computed": lambda: g * 2.0 - 1.0,
+            "after": lambda: self.other(g),
+        }[self.mode]()
+
+
+@pytest.mark.parametrize("mode", ["list", "dict", "computed", "after"])
+def test_a_subclassed_model_not_returning_its_gaussian_head_alone_is_refused(mode):
+    with pytest.raises(ValueError, match="does not return its output alone"):
+        kd.predict_mc(_Returns(mode), _x(), num_samples=4)
+
+
+def test_time_distributed_gaussian_head_is_recognised():
+    inputs = keras.Input((5, FEATURES))
+    h = kd.layers.MCDropout(0.3)(keras.layers.Dense(8, activation="relu")(inputs))
+    model = keras.Model(inputs, keras.layers.TimeDistributed(kd.layers.GaussianHead(1))(h))
+    x = np.random.default_rng(0).normal(size=(3, 5, FEATURES)).astype("float32")
+    result = kd.predict_mc(model, x, num_samples=8, seed=0, return_samples=True)
+    assert result.mean.shape == (3, 5, 1)
+    np.testing.assert_allclose(result.aleatoric_variance, result.sample_variances.mean(axis=1), rtol=1e-5)
+
+
+def test_a_float16_log_variance_does_not_overflow_under_mixed_precision():
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        inputs = keras.Input((FEATURES,), name="x")
+        h = _hidden(inputs)
+        log_var = keras.layers.Dense(1, name="log_var", bias_initializer=keras.initializers.Constant(12.0),
+                                     kernel_initializer="zeros")(h)
+        model = keras.Model(inputs, {"mu": keras.layers.Dense(1, name="mu")(h), "log_var": log_var})
+        result = kd.predict_mc(model, _x(), num_samples=4, seed=0, variance_output="log_var")
+    finally:
+        keras.config.set_dtype_policy(previous)
+    # exp(12) = 162755 overflows float16 (max 65504); computed in float32 it does not.
+    np.testing.assert_allclose(result.aleatoric_variance, math.exp(12.0), rtol=1e-2)
+
+
 def test_same_seed_same_split_whatever_the_batching():
     model, x = _head_model(), _x(40)
     first = kd.predict_mc(model, x, num_samples=24, seed=9, jit_compile=False)
     second = kd.predict_mc(model, x, num_samples=24, seed=9, batch_size=3, chunk_size=20, jit_compile=False)
     np.testing.assert_allclose(first.aleatoric_variance, second.aleatoric_variance, rtol=1e-6)
     np.testing.assert_allclose(first.epistemic_variance, second.epistemic_variance, rtol=1e-5, atol=1e-9)
+
+
+def test_mixture_interval_refuses_malformed_variances():
+    means = np.zeros((2, 3, 2))
+    with pytest.raises(ValueError, match="shape of `samples`"):
+        kd.uncertainty.gaussian_mixture_interval(means, np.ones((2, 3, 1)))
+    for bad in (-1.0, np.inf, np.nan):
+        with pytest.raises(ValueError, match="finite variances >= 0"):
+            kd.uncertainty.gaussian_mixture_interval(means, np.full((2, 3, 2), bad))
+    with pytest.raises(ValueError, match="level"):
+        kd.uncertainty.gaussian_mixture_interval(means, np.ones((2, 3, 2)), level=1.0)
 
 
 # --- metrics -----------------------------------------------------------------------
@@ -376,6 +444,28 @@ def test_predict_moments_splits_like_predict_mc():
     moment_pair = kd.predict_moments(two_head, x, variance_output="spread")
     np.testing.assert_allclose(moment_pair.aleatoric_variance, mc_pair.aleatoric_variance, rtol=0.1)
     np.testing.assert_allclose(moment_pair.epistemic_variance, mc_pair.epistemic_variance, rtol=0.35, atol=1e-3)
+
+
+def test_predict_moments_is_exact_for_a_gaussian_head_after_input_dropout():
+    # Input dropout (rate 0.1, 6 inputs) then the head: the pre-activation is a mixture over
+    # drop patterns, enumerated through both halves (softplus included): exact up to the
+    # patterns of 5-6 drops it leaves out (5e-5 of the probability).
+    rate = 0.1
+    inputs = keras.Input((6,))
+    head = kd.layers.GaussianHead(1, kernel_initializer=keras.initializers.RandomNormal(stddev=1.5, seed=0))
+    model = keras.Model(inputs, head(kd.layers.MCDropout(rate)(inputs)))
+    x = np.random.default_rng(1).normal(size=(8, 6)).astype("float32")
+    kernel, bias = _numpy(head.kernel).astype("float64"), _numpy(head.bias).astype("float64")
+    kept = np.array([[(p >> i) & 1 for i in range(6)] for p in range(64)], "float64")
+    weights = np.prod(np.where(kept == 1, 1 - rate, rate), axis=1)
+    z = np.einsum("pi,ri,io->rpo", kept, x.astype("float64") / (1 - rate), kernel) + bias  # (rows, P, 2)
+    mean = np.einsum("p,rp->r", weights, z[..., 0])
+    epistemic = np.einsum("p,rp->r", weights, z[..., 0] ** 2) - mean**2
+    aleatoric = np.einsum("p,rp->r", weights, np.logaddexp(0.0, z[..., 1]) + 1e-6)
+    moments = kd.predict_moments(model, x)
+    np.testing.assert_allclose(moments.mean[:, 0], mean, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(moments.epistemic_variance[:, 0], epistemic, rtol=2e-3)
+    np.testing.assert_allclose(moments.aleatoric_variance[:, 0], aleatoric, rtol=1e-3, atol=1e-4)
 
 
 # --- Serving signatures ------------------------------------------------------------------
@@ -427,6 +517,15 @@ def test_a_two_head_export_pairs_its_outputs(tmp_path):
     bad = kd.serving.export(linear, str(tmp_path / "linear"), variance_output="spread", variance_kind="variance", warmup=False)
     with pytest.raises(tf.errors.InvalidArgumentError, match="holds negative values"):
         tf.saved_model.load(bad).signatures["mc"](x=tf.constant(x))
+    # The moments signature refuses it too, as predict_moments does.
+    with pytest.raises(ValueError, match="negative"):
+        kd.predict_moments(linear, x * 100, variance_output="spread", variance_kind="variance")
+    moments_path = kd.serving.export(
+        linear, str(tmp_path / "linear_moments"), variance_output="spread", variance_kind="variance",
+        warmup=False, moments=True,
+    )
+    with pytest.raises(tf.errors.InvalidArgumentError, match="holds negative values"):
+        tf.saved_model.load(moments_path).signatures["moments"](x=tf.constant(x * 100))
 
 
 @pytest.mark.tf_only

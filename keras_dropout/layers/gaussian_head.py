@@ -84,6 +84,7 @@ class GaussianHead(keras.layers.Layer):
         self.kernel_constraint = keras.constraints.get(kernel_constraint)
         self.bias_constraint = keras.constraints.get(bias_constraint)
         self.input_spec = keras.layers.InputSpec(min_ndim=2)
+        self.supports_masking = True  # as keras.layers.Dense: a mask passes through
 
     def build(self, input_shape):
         input_dim = input_shape[-1]

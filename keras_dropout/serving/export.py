@@ -111,7 +111,7 @@ def _moments_signature(model, heads, from_logits):
     from keras_dropout.moments import moment_outputs
 
     def propagated(inputs):
-        return moment_outputs(model, _call_inputs(model, inputs), heads, from_logits)
+        return moment_outputs(model, _call_inputs(model, inputs), heads, from_logits, check_variance=_checked_variances)
 
     return propagated
 
@@ -207,8 +207,13 @@ def export(
             "the signatures can name and shape their inputs."
         )
     _samplable_model(model)
-    heads = prediction_heads(model, task, from_logits, variance_output, variance_kind)
     specs = _input_specs(model)
+    sample_inputs = None
+    if not getattr(model, "inputs", None):
+        # A subclassed model holding a GaussianHead is called once, to check it returns the head's output.
+        spec = specs["inputs"]
+        sample_inputs = np.zeros((1,) + tuple(spec.shape[1:]), spec.dtype.as_numpy_dtype)
+    heads = prediction_heads(model, task, from_logits, variance_output, variance_kind, sample_inputs)
 
     def deterministic(inputs):
         with deterministic_scope():
