@@ -87,13 +87,23 @@ class OutputHead:
         variance = _at_least_float32(flat_outputs[self.variance_index])
         if self.variance_kind == "log":
             variance = ops.exp(variance) if not isinstance(variance, np.ndarray) else np.exp(variance)
-        elif isinstance(variance, np.ndarray) and (variance < 0).any():
-            raise ValueError(
-                f"The variance output '{self.variance_name}' (of '{self.name}') holds negative values (min {variance.min():.3g}), "
-                "so it is not a variance. Pass variance_kind='log' if it predicts a log-variance, or give "
-                "that output a positive activation (softplus)."
-            )
+        elif isinstance(variance, np.ndarray):
+            self.refuse_negative(variance)
         return output, variance
+
+    @property
+    def negative_variance_message(self):
+        """What a "variance" output with negative values is told (locally and by the signatures)."""
+        return f"The variance output '{self.variance_name}' (of '{self.name}') holds negative values"
+
+    def refuse_negative(self, variances):
+        """Raises `ValueError` if a "variance" output's NumPy values go below 0: not a variance."""
+        if (variances < 0).any():
+            raise ValueError(
+                f"{self.negative_variance_message} (min {variances.min():.3g}), so it is not a variance. "
+                "Pass variance_kind='log' if it predicts a log-variance, or give that output a positive "
+                "activation (softplus)."
+            )
 
 
 def _at_least_float32(values):
@@ -170,6 +180,7 @@ def output_tasks(model, task, from_logits):
 
 
 _warned_models = weakref.WeakSet()
+_checked_subclassed = weakref.WeakKeyDictionary()  # subclassed model -> its verified GaussianHead
 
 
 def _gaussian_head_outputs(model, sample_inputs=None):
@@ -206,6 +217,8 @@ def _subclassed_gaussian_output(model, heads, sample_inputs):
             "as an output layer), or return exactly one GaussianHead's output."
         )
     head = heads[0]
+    if _checked_subclassed.get(model) is head:
+        return {0: head}
     seen = []
     original_call = head.call
 
@@ -233,6 +246,8 @@ def _subclassed_gaussian_output(model, heads, sample_inputs):
             "and variances cannot be told apart. Return the GaussianHead's output itself, or build a "
             "functional model."
         )
+    # Checked once per model: a Beam worker calls predict_mc per batch.
+    _checked_subclassed[model] = head
     return {0: head}
 
 

@@ -114,21 +114,21 @@ def _at_least_float32(x):
 
 def _check_shapes(y_true, y_pred):
     pred_units, true_units = y_pred.shape[-1], y_true.shape[-1]
-    if pred_units is not None and pred_units % 2:
+    if pred_units is None:
+        raise ValueError(
+            "Invalid value received for argument `y_pred`. Expected a static last "
+            f"axis. Received: y_pred.shape={tuple(y_pred.shape)}"
+        )
+    if pred_units % 2:
         raise ValueError(
             "Invalid value received for argument `y_pred`. Expected a last axis "
             "of 2 * units (the means, then the variances). Received: "
             f"y_pred.shape={tuple(y_pred.shape)}"
         )
-    if pred_units is not None and true_units is not None and pred_units != 2 * true_units:
+    if true_units is not None and pred_units != 2 * true_units:
         raise ValueError(
             "Invalid value received for argument `y_true`. Expected a last axis "
             f"of units={pred_units // 2}, half of y_pred's. Received: "
             f"y_true.shape={tuple(y_true.shape)}, y_pred.shape={tuple(y_pred.shape)}"
-        )
-    if pred_units is None:
-        raise ValueError(
-            "Invalid value received for argument `y_pred`. Expected a static last "
-            f"axis. Received: y_pred.shape={tuple(y_pred.shape)}"
         )
     return pred_units // 2

@@ -362,9 +362,9 @@ class _Accumulator:
         )
         for name, value in stats.items():
             self._append(name, value)
-        if self.keep_samples and sample_variances is not None:
-            self._append("sample_variances", sample_variances)
         if self.keep_samples:
+            if sample_variances is not None:
+                self._append("sample_variances", sample_variances)
             if self.task != "regression" and self.from_logits:
                 samples = uncertainty.probabilities_from_logits(
                     samples, multilabel=self.task == "multilabel"

@@ -959,12 +959,8 @@ def predict_moments(
     for head in heads:
         if head.gaussian:
             mean, aleatoric, epistemic = next(flat), next(flat), np.maximum(next(flat), 0.0)
-            if head.variance_kind == "variance" and (aleatoric < 0).any():
-                raise ValueError(
-                    f"The variance output '{head.variance_name}' (of '{head.name}') has a negative "
-                    f"propagated mean (min {aleatoric.min():.3g}), so it is not a variance. Pass "
-                    "variance_kind='log' if it predicts a log-variance, or give it a positive activation."
-                )
+            if head.variance_kind == "variance":
+                head.refuse_negative(aleatoric)  # its propagated mean
             variance = aleatoric + epistemic + (0.0 if tau is None else 1.0 / tau)
             measures = {"aleatoric_variance": aleatoric, "epistemic_variance": epistemic}
             predictions.append(MomentPrediction("regression", mean, variance, measures=measures))

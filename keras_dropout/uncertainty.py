@@ -71,7 +71,11 @@ def predictive_variance(samples, tau=None):
     ```
     """
     samples = _to_float_tensor(samples, "samples", min_rank=2)
-    variance = ops.var(samples, axis=1)
+    return _plus_noise(ops.var(samples, axis=1), tau)
+
+
+def _plus_noise(variance, tau):
+    """`variance + 1 / tau` (the observation noise), or `variance` when `tau` is None."""
     if tau is None:
         return variance
     _check_positive_number(tau, "tau")
@@ -346,11 +350,14 @@ def gaussian_mixture_interval(samples, sample_variances, level=0.95, tau=None):
     _check_variance_values(sample_variances)
     samples = _to_float_tensor(samples, "samples", min_rank=2)
     variances = _matching_variances(sample_variances, samples)
-    if tau is not None:
-        _check_positive_number(tau, "tau")
-        variances = variances + ops.divide(1.0, ops.cast(tau, variances.dtype))
-    scale = ops.sqrt(ops.maximum(variances, 0.0)) * math.sqrt(2.0)
-    spread = _BRACKET_STDDEVS * ops.sqrt(ops.maximum(variances, 0.0))
+    return _mixture_interval(samples, _plus_noise(variances, tau), level)
+
+
+def _mixture_interval(samples, variances, level):
+    """`gaussian_mixture_interval` of validated tensors (the noise already in `variances`)."""
+    stddev = ops.sqrt(ops.maximum(variances, 0.0))
+    scale = stddev * math.sqrt(2.0)  # the erf argument's denominator
+    spread = _BRACKET_STDDEVS * stddev
     low = ops.min(samples - spread, axis=1)
     high = ops.max(samples + spread, axis=1)
     # Both quantiles at once: axis 0 holds the lower, then the upper one.
@@ -435,10 +442,7 @@ def summarize(samples, task, from_logits=False, tau=None, interval_levels=(), sa
     stats = {"mean": predictive_mean(samples)}
     if task == "regression":
         stats["epistemic_variance"] = epistemic_variance(samples)
-        variance = stats["epistemic_variance"]
-        if tau is not None:
-            _check_positive_number(tau, "tau")
-            variance = variance + ops.divide(1.0, ops.cast(tau, variance.dtype))
+        variance = _plus_noise(stats["epistemic_variance"], tau)
     else:
         variance = predictive_variance(samples)
     stats["variance"], stats["stddev"] = variance, ops.sqrt(variance)
@@ -480,10 +484,7 @@ def _summarize_gaussians(samples, sample_variances, tau, interval_levels):
     variances = _matching_variances(sample_variances, samples)
     aleatoric = aleatoric_variance(variances)
     epistemic = epistemic_variance(samples)
-    variance = aleatoric + epistemic
-    if tau is not None:
-        _check_positive_number(tau, "tau")
-        variance = variance + ops.divide(1.0, ops.cast(tau, variance.dtype))
+    variance = _plus_noise(aleatoric + epistemic, tau)
     stats = {
         "mean": predictive_mean(samples),
         "variance": variance,
@@ -491,9 +492,11 @@ def _summarize_gaussians(samples, sample_variances, tau, interval_levels):
         "aleatoric_variance": aleatoric,
         "epistemic_variance": epistemic,
     }
+    component_variances = _plus_noise(variances, tau) if interval_levels else None
     for level in interval_levels:
-        stats[("lower", float(level))], stats[("upper", float(level))] = gaussian_mixture_interval(
-            samples, variances, level, tau=tau
+        _check_level(level)
+        stats[("lower", float(level))], stats[("upper", float(level))] = _mixture_interval(
+            samples, component_variances, level
         )
     return stats
 

@@ -100,7 +100,7 @@ def _checked_variances(variances, head):
     # The same refusal as predict_mc's: a negative "variance" is a misnamed output, not a variance.
     check = tf.debugging.assert_non_negative(
         variances,
-        message=f"The variance output '{head.variance_name}' (of '{head.name}') holds negative values",
+        message=head.negative_variance_message,
     )
     with tf.control_dependencies([check]):
         return tf.identity(variances)
